@@ -1,0 +1,426 @@
+"""The GitOps remote: one kept clone, and a writer per environment branch.
+
+Blocking (GitPython and git plumbing); the engine calls it through
+``asyncio.to_thread``. Commits are built without a checkout: blobs go into the
+object database, the tree is the parent's tree with a temporary index, and the
+push is a plain fast-forward push, never forced, so git itself is the
+compare-and-swap on the branch.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import random
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import git
+from git.exc import GitCommandError
+
+from watcher import values
+from watcher.blocks import Update
+from watcher.config import Author
+
+_REMOTE = "origin"
+_REFSPEC = f"+refs/heads/*:refs/remotes/{_REMOTE}/*"
+_TRACKING = f"refs/remotes/{_REMOTE}/"
+_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+# A push that lost the race: the branch moved since our parent was read.
+_CONFLICT_MARKERS = ("non-fast-forward", "fetch first", "stale info", "[rejected]")
+
+
+class GitError(Exception):
+    """A git operation failed; the message never carries credentials."""
+
+
+def redact(text: str) -> str:
+    """``https://user:token@host/x`` -> ``https://***@host/x``."""
+    return _CREDENTIALS.sub("***@", text)
+
+
+def _segments(text: str) -> tuple[str, ...]:
+    return tuple(part for part in text.split("/") if part)
+
+
+def match_path(pattern: str, path: str) -> bool:
+    """Glob match per ``/`` segment: ``*`` stays within a segment, ``**`` spans any number."""
+    pat, parts = _segments(pattern), _segments(path)
+
+    @cache
+    def match(i: int, j: int) -> bool:
+        if i == len(pat):
+            return j == len(parts)
+        if pat[i] == "**":
+            return any(match(i + 1, k) for k in range(j, len(parts) + 1))
+        return j < len(parts) and fnmatch.fnmatchcase(parts[j], pat[i]) and match(i + 1, j + 1)
+
+    return match(0, 0)
+
+
+def _matches(globs: Sequence[str], path: str) -> bool:
+    return any(match_path(glob, path) for glob in globs)
+
+
+PushStatus = Literal["ok", "conflict", "error"]
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """``ok``: the branch now points at ``commit``; ``conflict``: it moved meanwhile;
+    ``error``: anything else (hook, network, auth), with a redacted message."""
+
+    result: PushStatus
+    message: str = ""
+    commit: str | None = None
+
+
+class GitMirror:
+    """One bare clone in ``workdir``, fetched (never re-cloned) and shared by every writer.
+
+    A workdir that holds a clone of another URL is an error rather than wiped: it may be
+    a path someone mistyped, and deleting it is not ours to decide.
+    """
+
+    def __init__(self, url: str, workdir: Path, author: Author) -> None:
+        self.url = url
+        self.workdir = Path(workdir)
+        self.author = author
+        # Concurrent git processes on one repository fight over ref and index locks.
+        self._lock = threading.RLock()
+        self._repo: git.Repo | None = None
+
+    # --- the clone ---------------------------------------------------------------------
+
+    def _open(self) -> git.Repo:
+        if self._repo is not None:
+            return self._repo
+        workdir = self.workdir
+        try:
+            if (workdir / "HEAD").is_file() and (workdir / "objects").is_dir():
+                repo = git.Repo(workdir)
+                urls = list(repo.remote(_REMOTE).urls) if _REMOTE in repo.remotes else []
+                if len(urls) == 1 and urls[0] != self.url and redact(urls[0]) == redact(self.url):
+                    # Same remote, rotated credentials: keep the clone, use the new ones.
+                    repo.remote(_REMOTE).set_url(self.url)
+                    urls = [self.url]
+                if urls != [self.url]:
+                    shown = ", ".join(redact(u) for u in urls) or "no origin"
+                    raise GitError(
+                        f"{workdir} holds a clone of {shown}, not {redact(self.url)}; "
+                        "point git.workdir elsewhere or remove it"
+                    )
+            else:
+                if workdir.exists() and any(workdir.iterdir()):
+                    raise GitError(
+                        f"{workdir} is not empty and not a git clone; refusing to use it"
+                    )
+                workdir.mkdir(parents=True, exist_ok=True)
+                repo = git.Repo.init(workdir, bare=True)
+                repo.create_remote(_REMOTE, self.url)
+                repo.git.config(f"remote.{_REMOTE}.fetch", _REFSPEC)
+        except GitCommandError as exc:
+            raise GitError(redact(f"cannot open {workdir}: {_describe(exc)}")) from None
+        except (git.exc.InvalidGitRepositoryError, git.exc.NoSuchPathError, OSError) as exc:
+            raise GitError(redact(f"cannot open {workdir}: {exc}")) from None
+        # A daemon has no terminal: a credential prompt would hang the writer forever.
+        repo.git.update_environment(GIT_TERMINAL_PROMPT="0")
+        self._repo = repo
+        return repo
+
+    def _run(self, *args: Any, **kwargs: Any) -> str:
+        repo = self._open()
+        try:
+            return str(repo.git.execute(["git", *args], **kwargs))
+        except GitCommandError as exc:
+            raise GitError(redact(f"git {args[0]}: {_describe(exc)}")) from None
+
+    def fetch(self) -> None:
+        """Bring every remote branch into ``refs/remotes/origin/*``, pruning deleted ones."""
+        with self._lock:
+            self._run("fetch", "--prune", "--quiet", "--no-tags", _REMOTE, _REFSPEC)
+
+    def branches(self, globs: Sequence[str]) -> dict[str, str]:
+        """Remote branch name -> commit sha, for branches matching any glob."""
+        with self._lock:
+            out = self._run("for-each-ref", "--format=%(objectname) %(refname)", _TRACKING)
+        result: dict[str, str] = {}
+        for line in out.splitlines():
+            sha, _, ref = line.partition(" ")
+            name = ref[len(_TRACKING) :]
+            if name != "HEAD" and _matches(globs, name):
+                result[name] = sha
+        return result
+
+    def files(self, commit: str, globs: Sequence[str]) -> list[str]:
+        """Paths of the files in ``commit`` that match any glob, sorted."""
+        with self._lock:
+            out = self._run(
+                "ls-tree", "-r", "-z", "--full-tree", commit, strip_newline_in_stdout=False
+            )
+        paths: list[str] = []
+        for record in out.split("\0"):
+            meta, _, path = record.partition("\t")
+            if meta.split(" ")[1:2] == ["blob"] and _matches(globs, path):
+                paths.append(path)
+        return sorted(paths)
+
+    def read(self, commit: str, path: str) -> bytes:
+        """A file's bytes at ``commit``; KeyError if the commit has no such file."""
+        with self._lock:
+            repo = self._open()
+            try:
+                blob = repo.commit(commit).tree / path
+            except KeyError:
+                raise KeyError(f"{path} not in {commit}") from None
+            except (ValueError, GitCommandError) as exc:
+                raise GitError(redact(f"cannot read {path} at {commit}: {exc}")) from None
+            if blob.type != "blob":
+                raise KeyError(f"{path} is not a file in {commit}")
+            data: bytes = blob.data_stream.read()
+            return data
+
+    def head(self, branch: str) -> str | None:
+        """The last fetched commit of ``branch``, or None if the remote has no such branch."""
+        with self._lock:
+            repo = self._open()
+            status, out, _ = repo.git.execute(
+                ["git", "rev-parse", "--verify", "--quiet", f"{_TRACKING}{branch}^{{commit}}"],
+                with_extended_output=True,
+                with_exceptions=False,
+            )
+        return str(out).strip() if status == 0 and out else None
+
+    # --- writing -----------------------------------------------------------------------
+
+    def commit_and_push(
+        self, branch: str, parent: str, changes: Mapping[str, bytes], message: str
+    ) -> PushResult:
+        """Commit ``changes`` on top of ``parent`` (no checkout) and push it to ``branch``."""
+        with self._lock:
+            try:
+                sha = self._commit(parent, changes, message)
+            except GitError as exc:
+                return PushResult("error", str(exc))
+            return self._push(branch, sha)
+
+    def _commit(self, parent: str, changes: Mapping[str, bytes], message: str) -> str:
+        author = {
+            "GIT_AUTHOR_NAME": self.author.name,
+            "GIT_AUTHOR_EMAIL": self.author.email,
+            "GIT_COMMITTER_NAME": self.author.name,
+            "GIT_COMMITTER_EMAIL": self.author.email,
+        }
+        with tempfile.TemporaryDirectory(prefix="watcher-index-") as tmp:
+            # A private index: the commit is built beside, never through, a checkout.
+            env = {"GIT_INDEX_FILE": os.path.join(tmp, "index")}
+            self._run("read-tree", parent, env=env)
+            modes = self._modes(parent, list(changes))
+            content = os.path.join(tmp, "blob")
+            for path, data in changes.items():
+                Path(content).write_bytes(data)
+                # --no-filters: the bytes are the file as committed, no attributes apply.
+                blob = self._run("hash-object", "-w", "--no-filters", "--", content)
+                mode = modes.get(path, "100644")
+                self._run("update-index", "--add", "--cacheinfo", f"{mode},{blob},{path}", env=env)
+            tree = self._run("write-tree", env=env)
+        return self._run("commit-tree", tree, "-p", parent, "-m", message, env=author)
+
+    def _modes(self, commit: str, paths: Sequence[str]) -> dict[str, str]:
+        if not paths:
+            return {}
+        out = self._run(
+            "ls-tree", "-z", "--full-tree", commit, "--", *paths, strip_newline_in_stdout=False
+        )
+        modes: dict[str, str] = {}
+        for record in out.split("\0"):
+            meta, _, path = record.partition("\t")
+            if path:
+                modes[path] = meta.split(" ")[0]
+        return modes
+
+    def _push(self, branch: str, sha: str) -> PushResult:
+        repo = self._open()
+        status, stdout, stderr = repo.git.execute(
+            ["git", "push", "--porcelain", _REMOTE, f"{sha}:refs/heads/{branch}"],
+            with_extended_output=True,
+            with_exceptions=False,
+        )
+        output = redact(f"{stdout}\n{stderr}".strip())
+        if status == 0:
+            # Our own commit is the new head: no need to wait for the next fetch to see it.
+            self._run("update-ref", f"{_TRACKING}{branch}", sha)
+            return PushResult("ok", "", sha)
+        summary = _summary(output)
+        if "remote rejected" not in output and any(m in output for m in _CONFLICT_MARKERS):
+            return PushResult("conflict", summary, sha)
+        return PushResult("error", summary, sha)
+
+
+def _describe(exc: GitCommandError) -> str:
+    stderr = str(exc.stderr or "").strip()
+    stderr = stderr.removeprefix("stderr:").strip().strip("'").strip()
+    # One line: these end up in JSON logs and in outcome messages.
+    return " ".join(stderr.split()) or f"exit status {exc.status}"
+
+
+def _summary(output: str) -> str:
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    keep = [
+        line
+        for line in lines
+        if line.startswith(("!", "error:", "fatal:", "remote:", "hint: Updates were rejected"))
+    ]
+    return " | ".join(keep or lines)[:1000]
+
+
+# --- the branch writer -------------------------------------------------------------------
+
+
+Result = Literal["committed", "unchanged", "conflict", "error"]
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """An update that will not be written, and why (usually: a person changed the block)."""
+
+    update: Update
+    reason: str
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    """What one ``BranchWriter.write`` did.
+
+    ``committed``: ``commit`` is on the branch with every ``applied`` update;
+    ``unchanged``: nothing to commit; ``conflict``: the branch kept moving through every
+    attempt; ``error``: the push failed otherwise. ``pending`` updates were not written
+    and may be retried next cycle; ``dropped`` ones must not be.
+    """
+
+    result: Result
+    commit: str | None = None
+    applied: tuple[Update, ...] = ()
+    dropped: tuple[Dropped, ...] = ()
+    pending: tuple[Update, ...] = ()
+    attempts: int = 0
+    message: str = ""
+    parent: str | None = field(default=None, compare=False)
+
+
+class BranchWriter:
+    """Writes batches of updates to one environment branch, one commit per batch."""
+
+    def __init__(
+        self, mirror: GitMirror, branch: str, *, attempts: int = 5, backoff: float = 0.2
+    ) -> None:
+        self.mirror = mirror
+        self.branch = branch
+        self.attempts = max(1, attempts)
+        self.backoff = backoff
+
+    def write(self, updates: Sequence[Update]) -> WriteOutcome:
+        """Apply the meaning of ``updates`` on the branch head and push; retry on conflict."""
+        todo = [u for u in updates if u.block.branch == self.branch]
+        dropped = [
+            Dropped(u, f"belongs to branch {u.block.branch}, not {self.branch}")
+            for u in updates
+            if u.block.branch != self.branch
+        ]
+        if not todo:
+            return WriteOutcome("unchanged", dropped=tuple(dropped))
+        last = ""
+        for attempt in range(1, self.attempts + 1):
+            try:
+                if attempt > 1:
+                    self.mirror.fetch()
+                head = self.mirror.head(self.branch)
+            except GitError as exc:
+                return self._outcome("error", todo, dropped, attempt, str(exc))
+            if head is None:
+                return self._outcome(
+                    "error", todo, dropped, attempt, f"branch {self.branch} is not on the remote"
+                )
+            try:
+                changes, todo, newly_dropped = self._apply(head, todo)
+            except GitError as exc:
+                return self._outcome("error", todo, dropped, attempt, str(exc))
+            dropped.extend(newly_dropped)
+            if not changes:
+                return WriteOutcome(
+                    "unchanged", dropped=tuple(dropped), attempts=attempt, parent=head
+                )
+            pushed = self.mirror.commit_and_push(self.branch, head, changes, self._message(todo))
+            if pushed.result == "ok":
+                return WriteOutcome(
+                    "committed",
+                    commit=pushed.commit,
+                    applied=tuple(todo),
+                    dropped=tuple(dropped),
+                    attempts=attempt,
+                    parent=head,
+                )
+            if pushed.result == "error":
+                return self._outcome("error", todo, dropped, attempt, pushed.message)
+            last = pushed.message
+            if attempt < self.attempts:
+                # Jittered so that writers racing for one branch do not retry in lockstep.
+                time.sleep(self.backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
+        return self._outcome("conflict", todo, dropped, self.attempts, last)
+
+    @staticmethod
+    def _outcome(
+        result: Result, pending: list[Update], dropped: list[Dropped], attempts: int, message: str
+    ) -> WriteOutcome:
+        return WriteOutcome(
+            result,
+            pending=tuple(pending),
+            dropped=tuple(dropped),
+            attempts=attempts,
+            message=message,
+        )
+
+    def _apply(
+        self, head: str, updates: list[Update]
+    ) -> tuple[dict[str, bytes], list[Update], list[Dropped]]:
+        """The new file contents at ``head``, the updates they carry, and those dropped."""
+        by_file: dict[str, list[Update]] = {}
+        for update in updates:
+            by_file.setdefault(update.block.file, []).append(update)
+        changes: dict[str, bytes] = {}
+        applied: list[Update] = []
+        dropped: list[Dropped] = []
+        for path, group in by_file.items():
+            try:
+                data = self.mirror.read(head, path)
+            except KeyError:
+                dropped.extend(Dropped(u, f"{path} no longer exists") for u in group)
+                continue
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                dropped.extend(Dropped(u, f"{path} is not UTF-8 text") for u in group)
+                continue
+            new_text, results = values.apply_edits(text, [u.edit for u in group])
+            for update, result in zip(group, results, strict=True):
+                if result.applied:
+                    applied.append(update)
+                elif result.status == "already":
+                    dropped.append(Dropped(update, f"already {update.edit.new}"))
+                else:
+                    dropped.append(Dropped(update, result.reason))
+            if new_text != text:
+                changes[path] = new_text.encode("utf-8")
+        return changes, applied, dropped
+
+    def _message(self, applied: Sequence[Update]) -> str:
+        subject = f"image-watcher: update {len(applied)} image(s) on {self.branch}"
+        body = "\n".join(f"- {update.describe()}" for update in applied)
+        return f"{subject}\n\n{body}\n"
