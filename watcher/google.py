@@ -1,0 +1,140 @@
+"""Google Container Registry / Artifact Registry: the tags/list extension and ADC tokens.
+
+One ``tags/list`` of a Google registry answers every question about an image:
+its ``manifest`` map gives each digest's tags and upload time. This module
+turns those pages into :class:`~watcher.strategies.ImageFacts`, and supplies
+the OAuth access token that Google's registries take as a password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from watcher.references import is_digest, is_tag
+from watcher.strategies import ImageFacts
+
+# Media types a Google registry lists for images we can follow. Anything else
+# (attestations, Helm charts, signatures) is not an image a block can run.
+IMAGE_MEDIA_TYPES = frozenset(
+    {
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+        "application/vnd.docker.distribution.manifest.v1+json",
+    }
+)
+# Refresh an access token this long before it expires: a token that dies in
+# flight costs a 401 and a retry, both drawn from the budget.
+REFRESH_MARGIN = 300.0
+CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
+
+
+class ExtensionError(ValueError):
+    """A tags/list page whose Google extension cannot be read."""
+
+
+def _millis(value: Any, where: str) -> float:
+    # GCR sends times as strings, Artifact Registry as integers: read both.
+    if isinstance(value, bool):
+        raise ExtensionError(f"{where}: time is not a number: {value!r}")
+    if isinstance(value, int):
+        return value / 1000.0
+    if isinstance(value, str) and value.isdigit():
+        return int(value) / 1000.0
+    raise ExtensionError(f"{where}: time is not a number: {value!r}")
+
+
+def facts_from_pages(pages: Iterable[dict[str, Any]]) -> tuple[ImageFacts, list[str]]:
+    """Merge the pages of one image's tags/list into facts; also return what was skipped.
+
+    A page without a ``manifest`` map, or a map that is not a mapping of
+    digests to entries, makes the whole listing unusable (ExtensionError):
+    half a map would make ``newest`` pick from half the builds. A single
+    entry with an unknown media type or a malformed tag is skipped with a
+    reason instead.
+    """
+    tags: dict[str, str] = {}
+    times: dict[str, float] = {}
+    listed: set[str] = set()
+    unfollowable: set[str] = set()
+    skipped: list[str] = []
+    for index, page in enumerate(pages):
+        manifest = page.get("manifest")
+        if not isinstance(manifest, dict):
+            raise ExtensionError(f"page {index + 1}: no Google 'manifest' map in tags/list")
+        for tag in page.get("tags") or ():
+            if is_tag(tag):
+                listed.add(tag)
+        for digest, entry in manifest.items():
+            if not is_digest(digest):
+                skipped.append(f"{digest!r}: not a sha256 digest")
+                continue
+            if not isinstance(entry, dict):
+                raise ExtensionError(f"page {index + 1}: manifest entry {digest} is not a mapping")
+            media_type = entry.get("mediaType")
+            entry_tags = entry.get("tag", [])
+            if not isinstance(entry_tags, list):
+                raise ExtensionError(f"page {index + 1}: tags of {digest} are not a list")
+            if media_type is not None and media_type not in IMAGE_MEDIA_TYPES:
+                skipped.append(f"{digest}: media type {media_type!r} is not an image")
+                unfollowable.update(t for t in entry_tags if isinstance(t, str))
+                continue
+            uploaded = entry.get("timeUploadedMs", entry.get("timeCreatedMs"))
+            if uploaded is not None:
+                times[digest] = _millis(uploaded, f"page {index + 1}: {digest}")
+            for tag in entry_tags:
+                if not is_tag(tag):
+                    skipped.append(f"{tag!r}: tag breaks the OCI grammar")
+                    continue
+                tags[tag] = digest
+                listed.add(tag)
+    # A tag whose digest is not an image must not be picked by a tag strategy.
+    listed -= unfollowable - set(tags)
+    return ImageFacts(tags=tags, listed=frozenset(listed), times=times), skipped
+
+
+class GoogleTokenSource:
+    """OAuth access tokens from Application Default Credentials, refreshed before expiry.
+
+    ADC finds Workload Identity / the metadata server, or a key file named by
+    GOOGLE_APPLICATION_CREDENTIALS. The refresh is blocking HTTP in
+    google-auth, so it runs in a thread; one refresh at a time.
+    """
+
+    def __init__(self) -> None:
+        self._credentials: Any = None
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return "GoogleTokenSource(<application default credentials>)"
+
+    def _refresh(self) -> None:
+        import google.auth
+        import google.auth.transport.requests
+
+        if self._credentials is None:
+            self._credentials, _project = google.auth.default(scopes=[CLOUD_PLATFORM])
+        self._credentials.refresh(google.auth.transport.requests.Request())
+
+    def _fresh(self) -> bool:
+        creds = self._credentials
+        if creds is None or not creds.token:
+            return False
+        expiry = creds.expiry
+        if expiry is None:
+            return True
+        # google-auth keeps expiry as a naive UTC datetime.
+        remaining = expiry.replace(tzinfo=dt.UTC).timestamp() - time.time()
+        return bool(remaining > REFRESH_MARGIN)
+
+    async def password(self) -> str:
+        async with self._lock:
+            if not self._fresh():
+                await asyncio.to_thread(self._refresh)
+            return str(self._credentials.token)

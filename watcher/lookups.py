@@ -1,0 +1,311 @@
+"""Registry look-ups: plan the fewest requests for an image, send them, build its facts.
+
+Every request goes through a budget grant; identical look-ups in flight at
+once share one request; digests' creation times are cached forever (a
+digest's content never changes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import aiohttp
+import structlog
+
+from watcher import planner
+from watcher.budget import Budget, LocalBudget
+from watcher.config import Config, Limit, RegistryConfig
+from watcher.discovery import FoundBlock
+from watcher.google import ExtensionError, GoogleTokenSource, facts_from_pages
+from watcher.metrics import Metrics
+from watcher.references import ImageName
+from watcher.registry import (
+    BadResponse,
+    NotFound,
+    RegistryClient,
+    RegistryError,
+    RequestRecord,
+    Throttled,
+)
+from watcher.registry_auth import AnyCredentials, TokenCache, credentials_for
+from watcher.strategies import ImageFacts
+
+log = structlog.get_logger()
+T = TypeVar("T")
+
+# Back-off after a 429 without Retry-After: doubles per consecutive 429, capped.
+THROTTLE_FIRST = 5.0
+THROTTLE_MAX = 300.0
+_FRACTION = re.compile(r"(\.\d{6})\d+")
+
+
+class LookupFailed(Exception):
+    """An image could not be looked up this cycle (the reason is in the message)."""
+
+
+def parse_created(config_blob: bytes) -> float | None:
+    """An image config's ``created`` as epoch seconds (None when absent or unreadable)."""
+    try:
+        created = json.loads(config_blob).get("created")
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return None
+    if not isinstance(created, str):
+        return None
+    # Go writes nanoseconds; Python reads at most microseconds.
+    text = _FRACTION.sub(r"\1", created.strip()).replace("Z", "+00:00")
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
+class Lookups:
+    """One process's registry access: clients, budgets, coalescing and caches."""
+
+    def __init__(
+        self,
+        config: Config,
+        session: aiohttp.ClientSession,
+        metrics: Metrics,
+        *,
+        budgets: Mapping[str, Budget] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self._config = config
+        self._session = session
+        self._metrics = metrics
+        self._environ = environ
+        self.budgets: dict[str, Budget] = dict(budgets or {})
+        self._clients: dict[str, RegistryClient] = {}
+        self._tokens = TokenCache()
+        self._google: GoogleTokenSource | None = None
+        self._inflight: dict[tuple[str, str, str], asyncio.Future[Any]] = {}
+        self._throttle: dict[str, float] = {}
+        # Creation time by digest: immutable content, so cached forever.
+        self.times: dict[str, float] = {}
+        for limit in config.limits.values():
+            metrics.budget_cap.labels(limit.name).set(limit.cap)
+
+    # --- budgets and clients -----------------------------------------------------
+
+    def budget(self, limit: Limit) -> Budget:
+        budget = self.budgets.get(limit.name)
+        if budget is None:
+            budget = self.budgets[limit.name] = LocalBudget(limit)
+        return budget
+
+    def client(self, image: ImageName) -> tuple[RegistryClient, RegistryConfig]:
+        registry = self._config.registry_for(image.host)
+        client = self._clients.get(image.api_host)
+        if client is None:
+            client = self._clients[image.api_host] = self._make_client(registry, image.api_host)
+        return client, registry
+
+    def _make_client(self, registry: RegistryConfig, host: str) -> RegistryClient:
+        limit = self._config.limit_for(registry)
+        budget = self.budget(limit)
+        metrics = self._metrics
+
+        async def acquire() -> None:
+            waited = await budget.acquire()
+            metrics.budget_granted.labels(limit.name).inc()
+            metrics.budget_wait.labels(limit.name).observe(waited)
+            used = getattr(budget, "used", None)
+            if callable(used):
+                metrics.budget_window_used.labels(limit.name).set(used())
+
+        def on_request(record: RequestRecord) -> None:
+            metrics.registry_requests.labels(
+                record.registry, limit.name, record.kind, str(record.code)
+            ).inc()
+            if record.code == 429:
+                metrics.registry_throttled.labels(record.registry).inc()
+
+        credentials: AnyCredentials
+        if registry.auth == "google":
+            if self._google is None:
+                self._google = GoogleTokenSource()
+            credentials = credentials_for(registry, host, self._environ, token_source=self._google)
+        else:
+            credentials = credentials_for(registry, host, self._environ)
+        return RegistryClient(
+            self._session, registry, host, credentials, acquire, on_request, tokens=self._tokens
+        )
+
+    async def _throttled(self, registry: RegistryConfig, exc: Throttled) -> None:
+        """A 429 pauses the whole budget: Retry-After if given, else doubling back-off."""
+        limit = self._config.limit_for(registry)
+        if exc.retry_after is not None:
+            pause = exc.retry_after
+        else:
+            pause = min(THROTTLE_MAX, self._throttle.get(limit.name, THROTTLE_FIRST / 2) * 2)
+            self._throttle[limit.name] = pause
+        await self.budget(limit).pause(pause)
+        self._metrics.budget_paused.labels(limit.name).inc(pause)
+        log.warning("registry throttled", registry=registry.host, budget=limit.name, pause=pause)
+
+    # --- coalescing ----------------------------------------------------------------
+
+    async def _once(self, key: tuple[str, str, str], fetch: Callable[[], Awaitable[T]]) -> T:
+        """One request per (host, image, reference) in flight; later callers share its answer."""
+        pending = self._inflight.get(key)
+        if pending is not None:
+            self._metrics.lookups.labels("coalesced").inc()
+            result: T = await asyncio.shield(pending)
+            return result
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            value = await fetch()
+        except BaseException as exc:
+            future.set_exception(exc)
+            # Nobody may be waiting: mark the exception retrieved.
+            future.exception()
+            raise
+        else:
+            future.set_result(value)
+            self._metrics.lookups.labels("sent").inc()
+            return value
+        finally:
+            del self._inflight[key]
+
+    # --- the look-up ---------------------------------------------------------------
+
+    async def facts(
+        self, image: ImageName, blocks: Sequence[FoundBlock]
+    ) -> tuple[ImageFacts, list[str]]:
+        """Everything the blocks following ``image`` need to decide, in the fewest requests.
+
+        Returns the facts and the reasons for anything left out (a tag not
+        found, an entry that is not an image). Raises LookupFailed when the
+        image as a whole cannot be looked up this cycle.
+        """
+        client, registry = self.client(image)
+        needs = [planner.need(block.raw, block.policy) for block in blocks]
+        plan = planner.plan(registry.api, needs, {})
+        notes: list[str] = []
+        try:
+            if registry.api == "google":
+                if not plan.list_tags:
+                    return ImageFacts(), notes
+                pages = await self._once(
+                    (client.host, str(image), "tags/list"), lambda: client.tag_pages(image)
+                )
+                try:
+                    facts, skipped = facts_from_pages(pages)
+                except ExtensionError as exc:
+                    raise LookupFailed(f"unreadable Google tags/list: {exc}") from None
+                return facts, skipped
+            return await self._facts_v2(client, image, needs, plan, notes), notes
+        except Throttled as exc:
+            await self._throttled(registry, exc)
+            raise LookupFailed("throttled by the registry (429); budget paused") from None
+        except NotFound as exc:
+            raise LookupFailed(f"not found: {exc}") from None
+        except RegistryError as exc:
+            raise LookupFailed(str(exc)) from None
+
+    async def _facts_v2(
+        self,
+        client: RegistryClient,
+        image: ImageName,
+        needs: list[planner.Need],
+        plan: planner.Plan,
+        notes: list[str],
+    ) -> ImageFacts:
+        digests: dict[str, str] = {}
+        # Manifests fetched this look-up, by digest: a newest candidate is read
+        # with one GET (digest and config reference at once) instead of HEAD+GET.
+        bodies: dict[str, bytes] = {}
+
+        async def fetch(tag: str) -> None:
+            try:
+                body, _, digest = await self._once(
+                    (client.host, str(image), f"manifest:{tag}"),
+                    lambda: client.manifest(image, tag),
+                )
+            except (NotFound, BadResponse) as exc:
+                notes.append(f"tag {tag}: {exc}")
+                return
+            digests[tag] = digest
+            bodies[digest] = body
+
+        async def head(tag: str) -> None:
+            try:
+                digests[tag] = await self._once(
+                    (client.host, str(image), f"tag:{tag}"), lambda: client.digest(image, tag)
+                )
+            except (NotFound, BadResponse) as exc:
+                notes.append(f"tag {tag}: {exc}")
+
+        async def created(digest: str) -> None:
+            try:
+                when = await self._config_time(client, image, digest, bodies)
+            except (NotFound, BadResponse) as exc:
+                notes.append(f"digest {digest}: {exc}")
+                return
+            if when is None:
+                notes.append(f"digest {digest}: config has no readable 'created'")
+            else:
+                self.times[digest] = when
+
+        listed: list[str] | None = None
+
+        async def listing() -> None:
+            nonlocal listed
+            listed = await self._once(
+                (client.host, str(image), "tags/list"), lambda: client.tags(image)
+            )
+
+        async with asyncio.TaskGroup() as group:
+            if plan.list_tags:
+                group.create_task(listing())
+            for tag in plan.head:
+                group.create_task(head(tag))
+        if plan.after_listing and listed is not None:
+            follow = planner.plan_after_listing("v2", needs, listed, digests, self.times)
+            async with asyncio.TaskGroup() as group:
+                for tag in follow.head:
+                    group.create_task(fetch(tag))
+                for digest in follow.config_blobs:
+                    group.create_task(created(digest))
+            async with asyncio.TaskGroup() as group:
+                for digest in follow.config_blobs_after(digests, self.times):
+                    group.create_task(created(digest))
+        times = {d: self.times[d] for d in digests.values() if d in self.times}
+        return ImageFacts(
+            tags=digests, listed=frozenset(listed) if listed is not None else None, times=times
+        )
+
+    async def _config_time(
+        self, client: RegistryClient, image: ImageName, digest: str, bodies: dict[str, bytes]
+    ) -> float | None:
+        """Creation time of an image (for an index: its first child's), read once per digest."""
+        if digest in self.times:
+            self._metrics.lookups.labels("cached").inc()
+            return self.times[digest]
+        if digest not in bodies:
+            bodies[digest] = (
+                await self._once(
+                    (client.host, str(image), f"manifest:{digest}"),
+                    lambda: client.manifest(image, digest),
+                )
+            )[0]
+        document = json.loads(bodies[digest])
+        if "manifests" in document:
+            # An index has no config; take its first child's (all are one build).
+            children = document.get("manifests") or []
+            if not children:
+                return None
+            return await self._config_time(client, image, str(children[0].get("digest")), bodies)
+        config = document.get("config") or {}
+        blob = await self._once(
+            (client.host, str(image), f"blob:{config.get('digest')}"),
+            lambda: client.blob(image, str(config.get("digest"))),
+        )
+        return parse_created(blob)
