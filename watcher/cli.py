@@ -142,7 +142,7 @@ async def _once(cfg: config.Config, dry_run: bool) -> int:
 
 async def _check(cfg: config.Config) -> int:
     async with Watcher(cfg) as watcher:
-        watch = await watcher.discover()
+        watch = await watcher.discover(log_problems=False)
     for problem in watch.problems:
         print(f"{problem}", file=sys.stderr)
     print(

@@ -105,7 +105,7 @@ class Discovery:
             try:
                 policy = parse_policy(raw.watch, self._config.defaults)
             except PolicyError as exc:
-                problems.append(Problem(branch, path, raw.line, f"watch: {exc}"))
+                problems.append(Problem(branch, path, raw.line, str(exc)))
                 continue
             found.append(FoundBlock(block_id, raw, image, policy))
         return found, problems

@@ -99,9 +99,9 @@ class Watcher:
 
     # --- one cycle -------------------------------------------------------------------
 
-    async def discover(self) -> WatchSet:
+    async def discover(self, *, log_problems: bool = True) -> WatchSet:
         watch = await asyncio.to_thread(self.discovery.run)
-        for problem in watch.problems:
+        for problem in watch.problems if log_problems else ():
             log.warning(
                 "block skipped",
                 branch=problem.branch,

@@ -1,0 +1,190 @@
+"""The command line as a user runs it: real processes, a real registry and git remote."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.conftest import DockerRegistry, GitRemote, make_remote
+from watcher.images import push_image
+
+VALUES = "image:\n  repository: {host}/team/app\n  tag: master\n"
+
+
+def write_config(path: Path, registry: DockerRegistry, remote: GitRemote, interval: str) -> Path:
+    path.write_text(
+        f"""
+interval: {interval}
+registries:
+  - {{host: "{registry.host}", insecure: true}}
+git:
+  url: {remote.url}
+  files: ["apps/*/values.yaml"]
+  workdir: {path.parent / "clone"}
+"""
+    )
+    return path
+
+
+def watcher(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "watcher", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+@pytest.fixture
+async def world(
+    docker_registry: DockerRegistry, tmp_path: Path
+) -> tuple[DockerRegistry, GitRemote, Path]:
+    async with aiohttp.ClientSession() as session:
+        await push_image(session, docker_registry.url, "team/app", "master", kind="oci", seed="1")
+    values = VALUES.format(host=docker_registry.host)
+    remote = make_remote(
+        tmp_path,
+        {
+            "environment/one": {"apps/app/values.yaml": values},
+            "environment/two": {
+                "apps/app/values.yaml": values,
+                "apps/bad/values.yaml": "image:\n  repository: x\n  tag: [oops\n",
+                "apps/policy/values.yaml": values + "  watch: {strategy: latest}\n",
+            },
+        },
+    )
+    return (
+        docker_registry,
+        remote,
+        write_config(tmp_path / "shards.yaml", docker_registry, remote, "1s"),
+    )
+
+
+def test_help_explains_every_command() -> None:
+    out = watcher("--help").stdout
+    for command in ("run", "once", "check", "demo"):
+        assert command in out
+    assert "exit codes" in out
+    assert "--dry-run" in watcher("once", "--help").stdout
+
+
+def test_usage_error_exits_2() -> None:
+    assert watcher("frobnicate").returncode == 2
+
+
+async def test_once_dry_run_prints_and_writes_nothing(
+    world: tuple[DockerRegistry, GitRemote, Path],
+) -> None:
+    _, remote, config = world
+    heads = {b: remote.head(b) for b in remote.branches()}
+    result = watcher("once", "--config", str(config), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("would update")]
+    assert len(lines) == 2
+    assert any(
+        "environment/one:apps/app/values.yaml:image: shasum (none) -> sha256:" in line
+        for line in lines
+    )
+    assert {b: remote.head(b) for b in remote.branches()} == heads
+
+
+async def test_once_commits_and_reports(world: tuple[DockerRegistry, GitRemote, Path]) -> None:
+    _, remote, config = world
+    result = watcher("once", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert sum(line.startswith("updated ") for line in result.stdout.splitlines()) == 2
+    assert sum(line.startswith("committed ") for line in result.stdout.splitlines()) == 2
+    assert "shasum: sha256:" in remote.read("environment/one", "apps/app/values.yaml")
+    # A second run finds nothing to do.
+    again = watcher("once", "--config", str(config))
+    assert "0 update(s)" in again.stdout
+
+
+async def test_check_reports_file_and_line(world: tuple[DockerRegistry, GitRemote, Path]) -> None:
+    _, _, config = world
+    result = watcher("check", "--config", str(config))
+    assert result.returncode == 2
+    assert "environment/two:apps/bad/values.yaml:4: YAML syntax error" in result.stderr
+    assert "environment/two:apps/policy/values.yaml:" in result.stderr
+    assert "watch.strategy: must be one of" in result.stderr
+    # Problems are printed once, as file:line lines, not also as log records.
+    assert "{" not in result.stderr
+    assert "2 valid block(s), 2 problem(s)" in result.stdout
+
+
+def test_check_unreachable_git_exits_1(tmp_path: Path) -> None:
+    config = tmp_path / "shards.yaml"
+    config.write_text(f"git: {{url: {tmp_path / 'missing.git'}, workdir: {tmp_path / 'c'}}}\n")
+    result = watcher("check", "--config", str(config))
+    assert result.returncode == 1
+    assert result.stderr.startswith("git:")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_run_follows_pushes_and_stops_cleanly(
+    world: tuple[DockerRegistry, GitRemote, Path], sig: signal.Signals
+) -> None:
+    registry, remote, config = world
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "watcher",
+        "run",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while "shasum" not in remote.read("environment/one", "apps/app/values.yaml"):
+            assert time.monotonic() < deadline, "first update did not land"
+            await asyncio.sleep(0.1)
+        async with aiohttp.ClientSession() as session:
+            new = await push_image(
+                session, registry.url, "team/app", "master", kind="oci", seed="2"
+            )
+        pushed = time.monotonic()
+        while new not in remote.read("environment/two", "apps/app/values.yaml"):
+            assert time.monotonic() - pushed < 10, "the new build did not land"
+            await asyncio.sleep(0.05)
+        # Within about one interval (1 s) plus a cycle.
+        assert time.monotonic() - pushed < 3
+        await asyncio.sleep(2.5)  # a few more cycles for the drift check below
+        stopped = time.monotonic()
+        proc.send_signal(sig)
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=10)
+        assert time.monotonic() - stopped < 10
+        assert proc.returncode == 0, err
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.communicate()
+    events = [json.loads(line) for line in out.decode().splitlines()]
+    assert all({"severity", "event", "time"} <= set(e) for e in events)
+    assert events[-1]["event"] == "stopped"
+    updated = [e for e in events if e["event"] == "updated"]
+    assert {e["branch"] for e in updated} == {"environment/one", "environment/two"}
+    assert all(e["severity"] == "INFO" and e["image"].endswith("/team/app") for e in updated)
+
+    # Cycles start on a fixed grid (drift-compensated): start k lands near
+    # origin + k * interval however long the cycles took.
+    starts = [
+        datetime.fromisoformat(e["time"]).timestamp() - e["seconds"]
+        for e in events
+        if e["event"] == "cycle done"
+    ]
+    assert len(starts) >= 3
+    for k, start in enumerate(starts):
+        assert abs(start - (starts[0] + k * 1.0)) < 0.25, (k, [s - starts[0] for s in starts])
