@@ -31,7 +31,8 @@ from watcher.emulator import (
     max_in_window,
 )
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+# Copies of the shapes in shared/fixtures: real responses of the Google registries.
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ALL_MANIFEST_TYPES = ", ".join([OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST])
 
 
