@@ -15,7 +15,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import DockerRegistry, GitRemote, make_remote
+from tests.conftest import DockerRegistry, GitRemote, free_port, make_remote
+from watcher.config import load
 from watcher.images import push_image
 
 VALUES = "image:\n  repository: {host}/team/app\n  tag: master\n"
@@ -31,6 +32,7 @@ git:
   url: {remote.url}
   files: ["apps/*/values.yaml"]
   workdir: {path.parent / "clone"}
+server: {{port: {free_port()}}}
 """
     )
     return path
@@ -151,7 +153,16 @@ async def test_run_follows_pushes_and_stops_cleanly(
         while "shasum" not in remote.read("environment/one", "apps/app/values.yaml"):
             assert time.monotonic() < deadline, "first update did not land"
             await asyncio.sleep(0.1)
+        port = load(config).server.port
         async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
+                assert response.status == 200
+            async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
+                assert response.status == 200, await response.text()
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                scrape = await response.text()
+            assert 'image_watcher_registry_requests_total{budget="default",code="200"' in scrape
+            assert "image_watcher_image_blocks 2.0" in scrape
             new = await push_image(
                 session, registry.url, "team/app", "master", kind="oci", seed="2"
             )

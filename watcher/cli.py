@@ -16,6 +16,7 @@ import structlog
 from watcher import __version__, config, logs
 from watcher.gitops import GitError
 from watcher.registry_auth import CredentialsError, credentials_for
+from watcher.server import serve
 from watcher.worker import Watcher
 
 log = structlog.get_logger()
@@ -109,7 +110,11 @@ async def _run(cfg: config.Config) -> int:
         branches=list(cfg.git.branches),
         budget="in-process",
     )
-    async with Watcher(cfg) as watcher:
+    async with (
+        Watcher(cfg) as watcher,
+        serve(watcher.metrics.registry, watcher.readiness, cfg.server.port) as port,
+    ):
+        log.info("serving", port=port, paths=["/metrics", "/healthz", "/readyz"])
         await watcher.run(stop)
     log.info("stopped")
     return 0

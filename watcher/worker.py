@@ -69,6 +69,7 @@ class Watcher:
         self._stack = AsyncExitStack()
         self._lookups: Lookups | None = None
         self._write_task: asyncio.Task[dict[str, WriteOutcome]] | None = None
+        self._git_problem: str | None = "the git remote has not been read yet"
 
     async def __aenter__(self) -> Watcher:
         session = await self._stack.enter_async_context(
@@ -99,8 +100,17 @@ class Watcher:
 
     # --- one cycle -------------------------------------------------------------------
 
+    def readiness(self) -> list[str]:
+        """What keeps this process from being ready (empty: ready)."""
+        return [self._git_problem] if self._git_problem else []
+
     async def discover(self, *, log_problems: bool = True) -> WatchSet:
-        watch = await asyncio.to_thread(self.discovery.run)
+        try:
+            watch = await asyncio.to_thread(self.discovery.run)
+        except GitError as exc:
+            self._git_problem = f"git remote unreachable: {exc}"
+            raise
+        self._git_problem = None
         for problem in watch.problems if log_problems else ():
             log.warning(
                 "block skipped",
