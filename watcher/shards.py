@@ -1,0 +1,262 @@
+"""Which shard owns an image, what each shard costs, and what a new shard count moves.
+
+Pure: no I/O. An image belongs to shard
+``jump_hash(blake2b_64(canonical_name), shards)`` (DESIGN, "Shards and
+replicas"). Both halves are fixed algorithms over the name's UTF-8 bytes, so
+every process, replica and Python version agrees; Python's ``hash()`` is
+salted per process and must never be used here.
+
+The rest feeds the ``watcher shards`` and ``watcher budget`` commands: the
+requests each image costs per cycle come from the planner (as the look-up
+does, with an empty cache: the worst steady case), so the report and the
+daemon cannot disagree about what an image costs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from watcher import planner
+from watcher.config import DEFAULT_LIMIT, Config, Limit
+from watcher.discovery import FoundBlock, WatchSet
+from watcher.references import ImageName, canonical_name
+
+MASK64 = (1 << 64) - 1
+# Lamping & Veach's 64-bit linear congruential multiplier.
+JUMP_MULTIPLIER = 2862933555777941757
+# The published code takes an int32 bucket count.
+MAX_BUCKETS = (1 << 31) - 1
+
+
+def blake2b_64(name: str) -> int:
+    """The first 8 bytes of BLAKE2b (digest size 8) of ``name`` in UTF-8, as a big-endian int."""
+    digest = hashlib.blake2b(name.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def jump_hash(key: int, buckets: int) -> int:
+    """Jump consistent hash (Lamping & Veach, 2014), exactly as the paper's C++.
+
+    ``int64 b = -1, j = 0; while (j < n) { b = j; key = key * M + 1;
+    j = (b + 1) * (double(1LL << 31) / double((key >> 33) + 1)); } return b;``
+
+    Python's float is the same IEEE double as C's, and ``int()`` truncates
+    toward zero as the C conversion does, so results match other
+    implementations bit for bit; the key wraps at 64 bits as ``uint64_t`` does.
+    """
+    if not 1 <= buckets <= MAX_BUCKETS:
+        raise ValueError(f"buckets must be between 1 and {MAX_BUCKETS}, not {buckets}")
+    if not 0 <= key <= MASK64:
+        raise ValueError(f"key must be an unsigned 64-bit integer, not {key}")
+    b, j = -1, 0
+    while j < buckets:
+        b = j
+        key = (key * JUMP_MULTIPLIER + 1) & MASK64
+        j = int((b + 1) * (float(1 << 31) / float((key >> 33) + 1)))
+    return b
+
+
+def shard_of(name: str | ImageName, shards: int) -> int:
+    """The shard that owns an image.
+
+    A string is canonicalised first, so ``nginx`` and
+    ``docker.io/library/nginx`` are one image in one shard.
+    """
+    canonical = name if isinstance(name, ImageName) else canonical_name(name)
+    return jump_hash(blake2b_64(str(canonical)), shards)
+
+
+def assignment(images: Iterable[ImageName], shards: int) -> dict[ImageName, int]:
+    """Image -> shard, in image-name order."""
+    return {image: shard_of(image, shards) for image in sorted(set(images))}
+
+
+# --- cost of an image ----------------------------------------------------------
+
+
+def image_requests(config: Config, image: ImageName, blocks: Sequence[FoundBlock]) -> int:
+    """Requests one image costs per cycle: the planner's first step with nothing cached.
+
+    A Google listing is counted as one page. Left out, because they cannot be
+    known without asking the registry: extra listing pages, token requests,
+    and the follow-up of ``newest`` on a plain v2 registry (HEADs of new
+    candidates, config blobs read once per digest ever).
+    """
+    registry = config.registry_for(image.host)
+    needs = [planner.need(block.raw, block.policy) for block in blocks]
+    return planner.count(planner.plan(registry.api, needs, {}), pages=1)
+
+
+def budget_of(config: Config, image: ImageName) -> str:
+    """The name (key under ``limits:``) of the budget an image's requests draw from.
+
+    Mirrors :meth:`Config.limit_for`, but returns the key: a hand-built
+    ``Limit`` need not repeat its own name.
+    """
+    wanted = config.registry_for(image.host).limit
+    return wanted if wanted in config.limits else DEFAULT_LIMIT
+
+
+def _limit(config: Config, name: str) -> Limit:
+    return config.limits.get(name) or Limit(name=name)
+
+
+# --- the `watcher shards` report -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageLoad:
+    image: ImageName
+    shard: int
+    blocks: int
+    requests: int  # per cycle
+    budget: str
+
+
+@dataclass(frozen=True)
+class ShardLoad:
+    shard: int
+    images: int
+    blocks: int
+    requests: int  # per cycle
+
+
+def image_loads(config: Config, watch: WatchSet, shards: int | None = None) -> list[ImageLoad]:
+    """Every image of the watch set with its shard and cost, in image-name order."""
+    count = config.shards if shards is None else shards
+    out = []
+    for image in sorted(watch.images):
+        blocks = watch.images[image]
+        out.append(
+            ImageLoad(
+                image=image,
+                shard=shard_of(image, count),
+                blocks=len(blocks),
+                requests=image_requests(config, image, blocks),
+                budget=budget_of(config, image),
+            )
+        )
+    return out
+
+
+def shard_loads(images: Iterable[ImageLoad], shards: int) -> list[ShardLoad]:
+    """Load per shard, every shard listed (an empty shard is worth seeing too)."""
+    counts = [[0, 0, 0] for _ in range(shards)]
+    for item in images:
+        row = counts[item.shard]
+        row[0] += 1
+        row[1] += item.blocks
+        row[2] += item.requests
+    return [ShardLoad(shard, *row) for shard, row in enumerate(counts)]
+
+
+@dataclass(frozen=True)
+class Move:
+    image: ImageName
+    old: int
+    new: int
+
+
+@dataclass(frozen=True)
+class Movement:
+    """What changing the shard count from ``old_shards`` to ``new_shards`` moves."""
+
+    old_shards: int
+    new_shards: int
+    images: int
+    moves: tuple[Move, ...]
+
+    @property
+    def share(self) -> float:
+        """Share of images that change shard."""
+        return len(self.moves) / self.images if self.images else 0.0
+
+    @property
+    def minimum_share(self) -> float:
+        """The share any scheme must move: the images the added (or removed) shards hold."""
+        old, new = self.old_shards, self.new_shards
+        return abs(new - old) / max(old, new)
+
+
+def movement(images: Iterable[ImageName], old_shards: int, new_shards: int) -> Movement:
+    names = sorted(set(images))
+    moves = []
+    for image in names:
+        key = blake2b_64(str(image))
+        old, new = jump_hash(key, old_shards), jump_hash(key, new_shards)
+        if old != new:
+            moves.append(Move(image, old, new))
+    return Movement(old_shards, new_shards, len(names), tuple(moves))
+
+
+# --- the `watcher budget` report -------------------------------------------------
+
+
+def per_cycle(config: Config, watch: WatchSet) -> dict[str, int]:
+    """Requests per cycle drawn from each budget; every configured budget is listed."""
+    out = {name: 0 for name in sorted(config.limits)}
+    for image, blocks in watch.images.items():
+        name = budget_of(config, image)
+        out[name] = out.get(name, 0) + image_requests(config, image, blocks)
+    return out
+
+
+def per_window(requests_per_cycle: int, limit: Limit, interval: float) -> float:
+    """Requests a window of ``limit.per`` seconds sees at one cycle every ``interval``."""
+    return requests_per_cycle * limit.per / interval
+
+
+def shortest_safe_interval(requests_per_cycle: int, limit: Limit) -> float:
+    """The shortest interval at which a cycle's requests stay within the cap (0: any)."""
+    return requests_per_cycle * limit.per / limit.cap
+
+
+def needs(config: Config, watch: WatchSet) -> dict[str, float]:
+    """Budget name -> requests per window the watch set needs at the configured interval."""
+    return {row.name: row.per_window for row in budget_needs(config, watch)}
+
+
+@dataclass(frozen=True)
+class BudgetNeed:
+    name: str
+    limit: Limit
+    images: int
+    per_cycle: int
+    per_window: float
+    shortest_interval: float
+
+    @property
+    def use(self) -> float:
+        """Share of the cap (headroom already taken off) used at the configured interval."""
+        return self.per_window / self.limit.cap
+
+
+def budget_needs(config: Config, watch: WatchSet) -> list[BudgetNeed]:
+    """One row per configured budget, in name order."""
+    images: dict[str, int] = {}
+    for image in watch.images:
+        name = budget_of(config, image)
+        images[name] = images.get(name, 0) + 1
+    out = []
+    for name, requests in per_cycle(config, watch).items():
+        limit = _limit(config, name)
+        out.append(
+            BudgetNeed(
+                name=name,
+                limit=limit,
+                images=images.get(name, 0),
+                per_cycle=requests,
+                per_window=per_window(requests, limit, config.interval),
+                shortest_interval=shortest_safe_interval(requests, limit),
+            )
+        )
+    return out
+
+
+def round_up_interval(seconds: float) -> float:
+    """A safe interval someone can write in ``shards.yaml``: whole seconds, rounded up."""
+    # A tiny epsilon keeps 7.000000001 (float noise) from becoming 8.
+    return float(max(1, math.ceil(seconds - 1e-9))) if seconds > 0 else 0.0
