@@ -199,3 +199,22 @@ async def test_run_follows_pushes_and_stops_cleanly(
     assert len(starts) >= 3
     for k, start in enumerate(starts):
         assert abs(start - (starts[0] + k * 1.0)) < 0.25, (k, [s - starts[0] for s in starts])
+
+
+async def test_shards_and_budget_reports(world: tuple[DockerRegistry, GitRemote, Path]) -> None:
+    registry, _, config = world
+    shards = watcher("shards", "--config", str(config), "--count", "17")
+    assert shards.returncode == 0, shards.stderr
+    assert f"{registry.host}/team/app" in shards.stdout
+    from watcher.shards import shard_of
+
+    owner = shard_of(f"{registry.host}/team/app", 16)
+    moved = shard_of(f"{registry.host}/team/app", 17)
+    assert str(owner) in shards.stdout
+    if owner != moved:
+        assert "17" in shards.stdout
+    budget = watcher("budget", "--config", str(config))
+    assert budget.returncode == 0, budget.stderr
+    assert "default" in budget.stdout
+    assert "shortest safe interval" in budget.stdout.lower()
+    assert watcher("shards", "--config", str(config), "--count", "0").returncode == 2

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from watcher import __version__, config, logs
+from watcher import __version__, commands, config, logs
 from watcher.gitops import GitError
 from watcher.registry_auth import CredentialsError, credentials_for
 from watcher.server import serve
@@ -70,6 +70,19 @@ def _parser() -> argparse.ArgumentParser:
     command(
         "check",
         "Validate the configuration and every image block on every environment branch.",
+    )
+    shards = command(
+        "shards",
+        "Show which shard owns each image, the load per shard, and what would move at "
+        "--count N shards.",
+    )
+    shards.add_argument(
+        "--count", type=int, metavar="N", help="compare with N shards: which images would move"
+    )
+    command(
+        "budget",
+        "Show the requests per window the current watch set needs against each budget, and "
+        "the shortest safe interval.",
     )
     demo = sub.add_parser(
         "demo",
@@ -157,8 +170,21 @@ async def _check(cfg: config.Config) -> int:
     return 2 if watch.problems else 0
 
 
+async def _report(cfg: config.Config, command: str, count: int | None) -> int:
+    async with Watcher(cfg) as watcher:
+        watch = await watcher.discover(log_problems=False)
+    if command == "shards":
+        print(commands.shards_report(cfg, watch, count))
+    else:
+        print(commands.budget_report(cfg, watch))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "shards" and args.count is not None and args.count < 1:
+        parser.error("--count must be at least 1")
     if args.command == "demo":
         from watcher.demo import demo
 
@@ -178,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_run(cfg))
         if args.command == "once":
             return asyncio.run(_once(cfg, args.dry_run))
+        if args.command in ("shards", "budget"):
+            return asyncio.run(_report(cfg, args.command, getattr(args, "count", None)))
         return asyncio.run(_check(cfg))
     except GitError as exc:
         print(f"git: {exc}", file=sys.stderr)
