@@ -74,9 +74,11 @@ from aiohttp import web
 Mode = Literal["gcr", "artifact"]
 ImageKind = Literal["oci", "docker", "index", "list"]
 RequestKind = Literal[
-    "ping", "token", "tags_list", "manifest_head", "manifest_get", "blob", "other"
+    "ping", "token", "tags_list", "manifest_head", "manifest_get", "blob", "metadata", "other"
 ]
-Malformation = Literal["truncated", "garbage"]
+# truncated / garbage: the body is no longer JSON. extension: valid JSON whose Google
+# ``manifest`` map is broken (an upload time that is not a number), as a changed API would be.
+Malformation = Literal["truncated", "garbage", "extension"]
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -89,6 +91,9 @@ DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
 
 TOKEN_USERS = frozenset({"oauth2accesstoken", "_token"})
+METADATA_FLAVOR = "Google"
+METADATA_ROOT = "/computeMetadata/v1/"
+DEFAULT_SERVICE_ACCOUNT = "image-watcher@emulator-project.iam.gserviceaccount.com"
 DEFAULT_ACCESS_TOKEN = "emulator-access-token"
 QUOTA_BODY = "Quota Exceeded."
 JSON_TYPE = "application/json; charset=utf-8"
@@ -120,6 +125,14 @@ class EmulatorSettings:
     page_size_max: int | None = 1000  # cap on n, and the page size when n is absent
     manifest_paging: Literal["page", "full"] = "page"
     strict_accept: bool = False
+    # A GCE/GKE metadata server on the same port, for Application Default Credentials:
+    # point GCE_METADATA_HOST and GCE_METADATA_IP at ``host``. It issues a new OAuth
+    # access token per fetch, living ``metadata_token_ttl`` seconds, which the token
+    # endpoint then accepts until it expires (as Google's would).
+    metadata: bool = False
+    metadata_token_ttl: float = 3600.0
+    service_account: str = DEFAULT_SERVICE_ACCOUNT
+    project_id: str = "emulator-project"
 
 
 @dataclass
@@ -238,6 +251,8 @@ class GoogleRegistryEmulator:
         self._pending: list[_PendingFault] = []
         self._repos: dict[str, _Repository] = {}
         self._tokens: dict[str, _Token] = {}
+        # OAuth access tokens issued by the metadata server -> monotonic expiry.
+        self._access_tokens: dict[str, float] = {}
         self._windows: dict[str, deque[float]] = {}
         self._sequence = 0
         self._runner: web.AppRunner | None = None
@@ -309,13 +324,18 @@ class GoogleRegistryEmulator:
         uploaded: datetime | None = None,
         size: int = 1_048_576,
         platforms: tuple[str, ...] = ("linux/amd64", "linux/arm64"),
+        media_type: str | None = None,
     ) -> str:
         """Store a new image (every push is new content) and point ``tag`` at it.
 
         ``index`` / ``list`` store one image per platform, untagged, as GCR lists them.
+        ``media_type`` (``oci`` / ``docker`` only) overrides the manifest's media type,
+        to list an artifact that is not a runnable image (a Helm chart, a signature).
         Returns the digest of the top manifest.
         """
         _check_path(path)
+        if media_type is not None and kind not in ("oci", "docker"):
+            raise ValueError("media_type applies to kind oci or docker only")
         if tag is not None and not _TAG_RE.fullmatch(tag):
             raise ValueError(f"bad tag: {tag!r}")
         now = datetime.now(UTC)
@@ -323,7 +343,7 @@ class GoogleRegistryEmulator:
         uploaded = uploaded or now
         repo = self._repos.setdefault(path, _Repository())
         if kind in ("oci", "docker"):
-            top = self._image(repo, path, kind, created, uploaded, size, "linux/amd64")
+            top = self._image(repo, path, kind, created, uploaded, size, "linux/amd64", media_type)
         else:
             child_kind: ImageKind = "oci" if kind == "index" else "docker"
             children = [
@@ -376,6 +396,7 @@ class GoogleRegistryEmulator:
         uploaded: datetime,
         size: int,
         platform: str,
+        media_type: str | None = None,
     ) -> _Manifest:
         self._sequence += 1
         os_name, arch = platform.split("/", 1)
@@ -393,7 +414,7 @@ class GoogleRegistryEmulator:
         config_digest = _sha256(config_body)
         repo.blobs[config_digest] = config_body
         oci = kind == "oci"
-        media_type = OCI_MANIFEST if oci else DOCKER_MANIFEST
+        media_type = media_type or (OCI_MANIFEST if oci else DOCKER_MANIFEST)
         document = {
             "schemaVersion": 2,
             "mediaType": media_type,
@@ -560,6 +581,10 @@ class GoogleRegistryEmulator:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         kind, repository, reference = _classify(request.method, request.path)
+        if self.settings.metadata and (
+            request.path == "/" or request.path.startswith("/computeMetadata/")
+        ):
+            kind = "metadata"
         entry = LoggedRequest(
             monotonic=time.monotonic(),
             wall=time.time(),
@@ -586,6 +611,14 @@ class GoogleRegistryEmulator:
     async def _answer(
         self, request: web.Request, entry: LoggedRequest, reference: str | None
     ) -> web.Response:
+        if entry.kind == "metadata":
+            # Not the registry: no registry quota, but injected faults apply.
+            if self._take_fault("drop", entry.kind) is not None:
+                raise _Drop
+            fail = self._take_fault("fail", entry.kind)
+            if fail is not None:
+                return web.Response(status=fail.status, text="injected failure")
+            return self._metadata(request)
         if not request.path.startswith("/v2"):
             return _errors("NOT_FOUND", "not a registry path", 404)
         if not self._admit(entry):
@@ -610,8 +643,7 @@ class GoogleRegistryEmulator:
             if malform is not None:
                 body = response.body
                 assert isinstance(body, bytes)
-                garbage = body[: len(body) // 2] if malform.how == "truncated" else b"\x00}{<html"
-                response.body = garbage
+                response.body = _malformed(body, malform.how)
         return response
 
     def _admit(self, entry: LoggedRequest) -> bool:
@@ -699,7 +731,7 @@ class GoogleRegistryEmulator:
             except (binascii.Error, UnicodeDecodeError):
                 decoded = ""
             user, _, password = decoded.partition(":")
-            if user not in TOKEN_USERS or password not in self.settings.access_tokens:
+            if user not in TOKEN_USERS or not self._access_token_valid(password):
                 return _errors("UNAUTHORIZED", "invalid credentials", 401)
         elif self.settings.auth_required:
             return _errors("UNAUTHORIZED", "authentication required", 401)
@@ -722,6 +754,59 @@ class GoogleRegistryEmulator:
                 "issued_at": _iso(datetime.now(UTC)),
             }
         )
+
+    def _access_token_valid(self, token: str) -> bool:
+        if token in self.settings.access_tokens:
+            return True
+        expires = self._access_tokens.get(token)
+        return expires is not None and expires > time.monotonic()
+
+    # -- metadata server --------------------------------------------------------------------
+
+    def _metadata(self, request: web.Request) -> web.Response:
+        """The parts of the GCE metadata server that google-auth's ADC uses.
+
+        ``/`` answers google-auth's ping (it checks the ``Metadata-Flavor: Google``
+        response header); everything under ``/computeMetadata/v1/`` wants the
+        ``Metadata-Flavor: Google`` request header, as the real server does.
+        """
+        flavor = {"Metadata-Flavor": METADATA_FLAVOR}
+        if request.method != "GET":
+            return web.Response(status=405, text="method not allowed", headers=flavor)
+        if request.path == "/":
+            return web.Response(text="computeMetadata/\n", headers=flavor)
+        if request.headers.get("Metadata-Flavor") != METADATA_FLAVOR:
+            return web.Response(
+                status=403, text="Missing required header: Metadata-Flavor", headers=flavor
+            )
+        rest = request.path[len(METADATA_ROOT) :] if request.path.startswith(METADATA_ROOT) else ""
+        # The account answers to "default" and to its email (google-auth asks by
+        # email once it has learnt it).
+        prefix = "instance/service-accounts/"
+        if rest.startswith(prefix + self.settings.service_account):
+            rest = prefix + "default" + rest[len(prefix + self.settings.service_account) :]
+        account = prefix + "default"
+        if rest == "project/project-id":
+            return web.Response(text=self.settings.project_id, headers=flavor)
+        if rest == "universe/universe-domain":
+            return web.Response(text="googleapis.com", headers=flavor)
+        if rest in (account, account + "/"):
+            info = {
+                "aliases": ["default"],
+                "email": self.settings.service_account,
+                "scopes": ["https://www.googleapis.com/auth/cloud-platform"],
+            }
+            return web.json_response(info, headers=flavor)
+        if rest == account + "/token":
+            value = "ya29.emulator-" + secrets.token_urlsafe(24)
+            # The real server sends whole seconds.
+            ttl = max(1, int(self.settings.metadata_token_ttl))
+            now = time.monotonic()
+            self._access_tokens = {k: e for k, e in self._access_tokens.items() if e > now}
+            self._access_tokens[value] = now + ttl
+            body = {"access_token": value, "expires_in": ttl, "token_type": "Bearer"}
+            return web.json_response(body, headers=flavor)
+        return web.Response(status=404, text="not found", headers=flavor)
 
     # -- registry API -----------------------------------------------------------------------
 
@@ -837,6 +922,24 @@ class GoogleRegistryEmulator:
         )
 
 
+def _malformed(body: bytes, how: Malformation) -> bytes:
+    if how == "truncated":
+        return body[: len(body) // 2]
+    if how == "garbage":
+        return b"\x00}{<html"
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return body[: len(body) // 2]
+    manifest = document.get("manifest") if isinstance(document, dict) else None
+    if isinstance(manifest, dict) and manifest:
+        for entry in manifest.values():
+            entry["timeUploadedMs"] = "yesterday"
+    elif isinstance(document, dict):
+        document["manifest"] = ["not", "a", "map"]
+    return json.dumps(document).encode()
+
+
 def _classify(method: str, path: str) -> tuple[RequestKind, str | None, str | None]:
     """(kind, repository, reference) of a request path."""
     if path in ("/v2", "/v2/"):
@@ -905,6 +1008,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retry-after", type=float, default=None)
     parser.add_argument("--page-size-max", type=int, default=1000)
     parser.add_argument(
+        "--metadata",
+        action="store_true",
+        help="also serve a GCE metadata server (set GCE_METADATA_HOST/GCE_METADATA_IP to it)",
+    )
+    parser.add_argument("--metadata-token-ttl", type=float, default=3600.0)
+    parser.add_argument(
         "--push",
         action="append",
         type=_parse_push,
@@ -925,6 +1034,8 @@ def main(argv: list[str] | None = None) -> int:
         quota_window=args.quota_window,
         retry_after=args.retry_after,
         page_size_max=args.page_size_max,
+        metadata=args.metadata,
+        metadata_token_ttl=args.metadata_token_ttl,
     )
     asyncio.run(_serve(settings, args.push))
     return 0

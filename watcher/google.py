@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from watcher.references import is_digest, is_tag
+from watcher.registry_auth import CredentialsError
 from watcher.strategies import ImageFacts
 
 # Media types a Google registry lists for images we can follow. Anything else
@@ -30,8 +31,16 @@ IMAGE_MEDIA_TYPES = frozenset(
     }
 )
 # Refresh an access token this long before it expires: a token that dies in
-# flight costs a 401 and a retry, both drawn from the budget.
+# flight costs a 401 and a retry, both drawn from the budget. At most a quarter
+# of the token's life, though: a metadata server hands out its cached token
+# with whatever life it has left (possibly under 5 minutes), and a fixed margin
+# longer than that would refresh on every use.
 REFRESH_MARGIN = 300.0
+REFRESH_SHARE = 0.25
+# After ADC fails (no metadata server, a bad key file), answer with the same
+# failure this long instead of asking again: every image of a registry asks
+# for a token, and each ADC attempt may wait seconds on a metadata ping.
+FAILURE_TTL = 15.0
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 
 
@@ -102,39 +111,83 @@ def facts_from_pages(pages: Iterable[dict[str, Any]]) -> tuple[ImageFacts, list[
 class GoogleTokenSource:
     """OAuth access tokens from Application Default Credentials, refreshed before expiry.
 
-    ADC finds Workload Identity / the metadata server, or a key file named by
-    GOOGLE_APPLICATION_CREDENTIALS. The refresh is blocking HTTP in
-    google-auth, so it runs in a thread; one refresh at a time.
+    ADC finds Workload Identity / the metadata server (``GCE_METADATA_HOST``
+    moves it), or a key file named by GOOGLE_APPLICATION_CREDENTIALS. The
+    refresh is blocking HTTP in google-auth, so it runs in a thread; one
+    refresh at a time. ``refresh_margin``: refresh this many seconds before
+    expiry; None: :data:`REFRESH_MARGIN`, at most :data:`REFRESH_SHARE` of the
+    token's life as it was handed out.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, refresh_margin: float | None = None, failure_ttl: float = FAILURE_TTL
+    ) -> None:
         self._credentials: Any = None
         self._lock = asyncio.Lock()
+        self._margin = refresh_margin
+        self._lifetime: float | None = None
+        self._failure: tuple[float, CredentialsError] | None = None
+        self.failure_ttl = failure_ttl
+        self.refreshes = 0
 
     def __repr__(self) -> str:
         return "GoogleTokenSource(<application default credentials>)"
 
     def _refresh(self) -> None:
         import google.auth
+        import google.auth.exceptions
         import google.auth.transport.requests
 
-        if self._credentials is None:
-            self._credentials, _project = google.auth.default(scopes=[CLOUD_PLATFORM])
-        self._credentials.refresh(google.auth.transport.requests.Request())
+        try:
+            if self._credentials is None:
+                self._credentials, _project = google.auth.default(scopes=[CLOUD_PLATFORM])
+            self._credentials.refresh(google.auth.transport.requests.Request())
+        except google.auth.exceptions.GoogleAuthError as exc:
+            # A RegistryClient knows only its own errors: anything else would end
+            # the whole cycle instead of skipping this registry's images. The
+            # message is google-auth's (URLs and statuses, never a token), cut
+            # short because a metadata error can carry a whole response body.
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise CredentialsError(
+                f"Google Application Default Credentials: {type(exc).__name__}: {first[:200]}"
+            ) from None
+        remaining = self._remaining()
+        self._lifetime = remaining
+        self.refreshes += 1
+
+    def _remaining(self) -> float | None:
+        expiry = self._credentials.expiry if self._credentials is not None else None
+        if expiry is None:
+            return None
+        # google-auth keeps expiry as a naive UTC datetime.
+        return float(expiry.replace(tzinfo=dt.UTC).timestamp() - time.time())
+
+    def margin(self) -> float:
+        """Seconds before expiry at which the access token is replaced."""
+        if self._margin is not None:
+            return self._margin
+        if self._lifetime is None:
+            return REFRESH_MARGIN
+        return min(REFRESH_MARGIN, REFRESH_SHARE * max(0.0, self._lifetime))
 
     def _fresh(self) -> bool:
         creds = self._credentials
         if creds is None or not creds.token:
             return False
-        expiry = creds.expiry
-        if expiry is None:
-            return True
-        # google-auth keeps expiry as a naive UTC datetime.
-        remaining = expiry.replace(tzinfo=dt.UTC).timestamp() - time.time()
-        return bool(remaining > REFRESH_MARGIN)
+        remaining = self._remaining()
+        return remaining is None or remaining > self.margin()
 
     async def password(self) -> str:
         async with self._lock:
             if not self._fresh():
-                await asyncio.to_thread(self._refresh)
+                if self._failure is not None:
+                    failed_at, error = self._failure
+                    if time.monotonic() - failed_at < self.failure_ttl:
+                        raise CredentialsError(str(error))
+                try:
+                    await asyncio.to_thread(self._refresh)
+                except CredentialsError as exc:
+                    self._failure = (time.monotonic(), exc)
+                    raise
+                self._failure = None
             return str(self._credentials.token)

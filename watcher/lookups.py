@@ -32,7 +32,7 @@ from watcher.registry import (
     RequestRecord,
     Throttled,
 )
-from watcher.registry_auth import AnyCredentials, TokenCache, credentials_for
+from watcher.registry_auth import AnyCredentials, CredentialsError, TokenCache, credentials_for
 from watcher.strategies import ImageFacts
 
 log = structlog.get_logger()
@@ -46,6 +46,30 @@ _FRACTION = re.compile(r"(\.\d{6})\d+")
 
 class LookupFailed(Exception):
     """An image could not be looked up this cycle (the reason is in the message)."""
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
+def _one_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to act on when several requests of one image failed together.
+
+    A TaskGroup wraps its tasks' errors in a group, which no ``except
+    RegistryError`` catches: left as it is, one image's 404 would end the
+    whole cycle. A 429 comes first, so the budget is paused.
+    """
+    leaves = _leaves(group)
+    for leaf in leaves:
+        if isinstance(leaf, Throttled):
+            return leaf
+    for leaf in leaves:
+        if isinstance(leaf, RegistryError | CredentialsError):
+            return leaf
+    return group
 
 
 def parse_created(config_blob: bytes) -> float | None:
@@ -83,11 +107,17 @@ class Lookups:
         self.budgets: dict[str, Budget] = dict(budgets or {})
         self._clients: dict[str, RegistryClient] = {}
         self._tokens = TokenCache()
-        self._google: GoogleTokenSource | None = None
+        # One ADC token source per process (no I/O until a google registry asks).
+        self.google_tokens = GoogleTokenSource()
         self._inflight: dict[tuple[str, str, str], asyncio.Future[Any]] = {}
         self._throttle: dict[str, float] = {}
         # Creation time by digest: immutable content, so cached forever.
         self.times: dict[str, float] = {}
+        # What each v2 newest candidate tag resolved to last time: a tag that still
+        # points at a digest whose time is known costs a HEAD, not a GET.
+        self.last_digests: dict[ImageName, dict[str, str]] = {}
+        # Per registry host, set once the first look-up there has been answered.
+        self._introduced: dict[str, asyncio.Future[None]] = {}
         for limit in config.limits.values():
             metrics.budget_cap.labels(limit.name).set(limit.cap)
 
@@ -128,9 +158,9 @@ class Lookups:
 
         credentials: AnyCredentials
         if registry.auth == "google":
-            if self._google is None:
-                self._google = GoogleTokenSource()
-            credentials = credentials_for(registry, host, self._environ, token_source=self._google)
+            credentials = credentials_for(
+                registry, host, self._environ, token_source=self.google_tokens
+            )
         else:
             credentials = credentials_for(registry, host, self._environ)
         return RegistryClient(
@@ -185,23 +215,17 @@ class Lookups:
         found, an entry that is not an image). Raises LookupFailed when the
         image as a whole cannot be looked up this cycle.
         """
-        client, registry = self.client(image)
+        try:
+            client, registry = self.client(image)
+        except CredentialsError as exc:
+            raise LookupFailed(f"credentials: {exc}") from None
         needs = [planner.need(block.raw, block.policy) for block in blocks]
         plan = planner.plan(registry.api, needs, {})
         notes: list[str] = []
+        if not plan.list_tags and not plan.head:
+            return ImageFacts(), notes
         try:
-            if registry.api == "google":
-                if not plan.list_tags:
-                    return ImageFacts(), notes
-                pages = await self._once(
-                    (client.host, str(image), "tags/list"), lambda: client.tag_pages(image)
-                )
-                try:
-                    facts, skipped = facts_from_pages(pages)
-                except ExtensionError as exc:
-                    raise LookupFailed(f"unreadable Google tags/list: {exc}") from None
-                return facts, skipped
-            return await self._facts_v2(client, image, needs, plan, notes), notes
+            result = await self._introduce(client.host, lambda: self._send(image, needs, plan))
         except Throttled as exc:
             await self._throttled(registry, exc)
             raise LookupFailed("throttled by the registry (429); budget paused") from None
@@ -209,6 +233,49 @@ class Lookups:
             raise LookupFailed(f"not found: {exc}") from None
         except RegistryError as exc:
             raise LookupFailed(str(exc)) from None
+        except CredentialsError as exc:
+            raise LookupFailed(f"credentials: {exc}") from None
+        self._throttle.pop(self._config.limit_for(registry).name, None)
+        if registry.api == "google":
+            try:
+                return facts_from_pages(result)
+            except ExtensionError as exc:
+                raise LookupFailed(f"unreadable Google tags/list: {exc}") from None
+        facts, notes = result
+        return facts, notes
+
+    async def _introduce(self, host: str, lookup: Callable[[], Awaitable[T]]) -> T:
+        """Let the first look-up on a registry host go alone; the rest wait for its answer.
+
+        Until a registry has answered once, nobody knows whether it challenges:
+        look-ups sent in parallel would each collect a 401 (and a retry) where
+        one suffices. Once the first is answered, its challenge is remembered
+        and the others send their token up front. Costs no request of its own.
+        """
+        gate = self._introduced.get(host)
+        if gate is not None:
+            if not gate.done():
+                await asyncio.shield(gate)
+            return await lookup()
+        gate = self._introduced[host] = asyncio.get_running_loop().create_future()
+        try:
+            return await lookup()
+        finally:
+            gate.set_result(None)
+
+    async def _send(self, image: ImageName, needs: list[planner.Need], plan: planner.Plan) -> Any:
+        """The requests of a plan: Google's pages, or (v2) the facts and notes."""
+        client, registry = self.client(image)
+        if registry.api == "google":
+            return await self._once(
+                (client.host, str(image), "tags/list"), lambda: client.tag_pages(image)
+            )
+        notes: list[str] = []
+        try:
+            facts = await self._facts_v2(client, image, needs, plan, notes)
+        except BaseExceptionGroup as group:
+            raise _one_error(group) from None
+        return facts, notes
 
     async def _facts_v2(
         self,
@@ -223,7 +290,13 @@ class Lookups:
         # with one GET (digest and config reference at once) instead of HEAD+GET.
         bodies: dict[str, bytes] = {}
 
+        last = self.last_digests.get(image, {})
+
         async def fetch(tag: str) -> None:
+            if last.get(tag) in self.times:
+                # Seen before with a known time: a HEAD tells whether it moved.
+                await head(tag)
+                return
             try:
                 body, _, digest = await self._once(
                     (client.host, str(image), f"manifest:{tag}"),
@@ -277,6 +350,8 @@ class Lookups:
             async with asyncio.TaskGroup() as group:
                 for digest in follow.config_blobs_after(digests, self.times):
                     group.create_task(created(digest))
+        if plan.after_listing:
+            self.last_digests[image] = dict(digests)
         times = {d: self.times[d] for d in digests.values() if d in self.times}
         return ImageFacts(
             tags=digests, listed=frozenset(listed) if listed is not None else None, times=times
