@@ -189,12 +189,12 @@ async def test_run_follows_pushes_and_stops_cleanly(
     assert {e["branch"] for e in updated} == {"environment/one", "environment/two"}
     assert all(e["severity"] == "INFO" and e["image"].endswith("/team/app") for e in updated)
 
-    # Cycles start on a fixed grid (drift-compensated): start k lands near
-    # origin + k * interval however long the cycles took.
+    # Sweeps of a shard start on a fixed grid (drift-compensated): start k
+    # lands near origin + k * interval however long the sweeps took.
     starts = [
         datetime.fromisoformat(e["time"]).timestamp() - e["seconds"]
         for e in events
-        if e["event"] == "cycle done"
+        if e["event"] == "sweep done"
     ]
     assert len(starts) >= 3
     for k, start in enumerate(starts):

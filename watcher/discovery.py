@@ -51,61 +51,70 @@ class WatchSet:
         return sum(len(blocks) for blocks in self.images.values())
 
 
-_Parsed = tuple[list[FoundBlock], list[Problem]]
+@dataclass(frozen=True)
+class _Parsed:
+    """What one file's content says, whichever branch or path holds it."""
+
+    blocks: list[tuple[RawBlock, ImageName, Policy]]
+    problems: list[tuple[int, str]]
 
 
 class Discovery:
-    """Finds every image block on every environment branch."""
+    """Finds every image block on every environment branch.
+
+    Parsed files are cached by blob id (their content), so a commit that
+    changes one file costs one parse, however many branches share the rest.
+    """
 
     def __init__(self, config: Config, mirror: GitMirror) -> None:
         self._config = config
         self._mirror = mirror
-        self._cache: dict[tuple[str, str, str], _Parsed] = {}
+        self._cache: dict[str, _Parsed] = {}
 
     def run(self, *, fetch: bool = True) -> WatchSet:
         if fetch:
             self._mirror.fetch()
         watch = WatchSet(branches=self._mirror.branches(self._config.git.branches))
         grouped: dict[ImageName, list[FoundBlock]] = defaultdict(list)
-        seen: set[tuple[str, str, str]] = set()
+        seen: set[str] = set()
         for branch, commit in sorted(watch.branches.items()):
-            for path in self._mirror.files(commit, self._config.git.files):
-                key = (branch, commit, path)
-                seen.add(key)
-                parsed = self._cache.get(key)
+            for path, blob in sorted(self._mirror.blobs(commit, self._config.git.files).items()):
+                seen.add(blob)
+                parsed = self._cache.get(blob)
                 if parsed is None:
-                    parsed = self._cache[key] = self._parse(branch, path, commit)
-                found, problems = parsed
-                for block in found:
-                    grouped[block.image].append(block)
-                watch.problems.extend(problems)
-        # Forget files of commits no branch points at any more.
-        for key in set(self._cache) - seen:
-            del self._cache[key]
+                    parsed = self._cache[blob] = self._parse(blob)
+                for raw, image, policy in parsed.blocks:
+                    block_id = BlockId(branch, path, raw.path)
+                    grouped[image].append(FoundBlock(block_id, raw, image, policy))
+                watch.problems.extend(
+                    Problem(branch, path, line, message) for line, message in parsed.problems
+                )
+        # Forget content no branch holds any more.
+        for blob in self._cache.keys() - seen:
+            del self._cache[blob]
         watch.images = dict(sorted(grouped.items()))
         return watch
 
-    def _parse(self, branch: str, path: str, commit: str) -> _Parsed:
-        data = self._mirror.read(commit, path)
+    def _parse(self, blob: str) -> _Parsed:
+        data = self._mirror.read_blob(blob)
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             line = data[: exc.start].count(b"\n") + 1
-            return [], [Problem(branch, path, line, "not UTF-8 text; file skipped")]
+            return _Parsed([], [(line, "not UTF-8 text; file skipped")])
         raws, file_problems = values.find_blocks(text)
-        problems = [Problem(branch, path, p.line, p.message) for p in file_problems]
-        found = []
+        problems = [(p.line, p.message) for p in file_problems]
+        blocks = []
         for raw in raws:
-            block_id = BlockId(branch, path, raw.path)
             try:
                 image = canonical_name(raw.repository)
             except ReferenceError as exc:
-                problems.append(Problem(branch, path, raw.line, f"repository: {exc}"))
+                problems.append((raw.line, f"repository: {exc}"))
                 continue
             try:
                 policy = parse_policy(raw.watch, self._config.defaults)
             except PolicyError as exc:
-                problems.append(Problem(branch, path, raw.line, str(exc)))
+                problems.append((raw.line, str(exc)))
                 continue
-            found.append(FoundBlock(block_id, raw, image, policy))
-        return found, problems
+            blocks.append((raw, image, policy))
+        return _Parsed(blocks, problems)

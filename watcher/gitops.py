@@ -161,16 +161,35 @@ class GitMirror:
 
     def files(self, commit: str, globs: Sequence[str]) -> list[str]:
         """Paths of the files in ``commit`` that match any glob, sorted."""
+        return sorted(self.blobs(commit, globs))
+
+    def blobs(self, commit: str, globs: Sequence[str]) -> dict[str, str]:
+        """Path -> blob id of the files in ``commit`` that match any glob.
+
+        Blob ids name content: a file unchanged between two commits has the
+        same id, so callers can cache what they parsed by it.
+        """
         with self._lock:
             out = self._run(
                 "ls-tree", "-r", "-z", "--full-tree", commit, strip_newline_in_stdout=False
             )
-        paths: list[str] = []
+        found: dict[str, str] = {}
         for record in out.split("\0"):
             meta, _, path = record.partition("\t")
-            if meta.split(" ")[1:2] == ["blob"] and _matches(globs, path):
-                paths.append(path)
-        return sorted(paths)
+            fields = meta.split(" ")
+            if fields[1:2] == ["blob"] and _matches(globs, path):
+                found[path] = fields[2]
+        return found
+
+    def read_blob(self, blob: str) -> bytes:
+        """A blob's bytes by its id."""
+        with self._lock:
+            repo = self._open()
+            try:
+                data: bytes = repo.odb.stream(bytes.fromhex(blob)).read()
+            except (ValueError, GitCommandError) as exc:
+                raise GitError(f"cannot read blob {blob}: {exc}") from None
+            return data
 
     def read(self, commit: str, path: str) -> bytes:
         """A file's bytes at ``commit``; KeyError if the commit has no such file."""

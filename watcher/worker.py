@@ -1,8 +1,9 @@
-"""The watcher's cycle: discover blocks, look images up, decide, write back.
+"""The watcher's work: discover blocks, look images up, decide, write back.
 
-One ``Watcher`` per process. ``cycle()`` checks every image once; ``run()``
-repeats it every ``interval``, compensating for drift, until the stop event
-is set, and lets an in-flight write finish before it returns.
+One ``Watcher`` per process. ``cycle()`` checks every image once and writes
+one commit per branch (``watcher once``). ``run()`` is the daemon: one task
+per owned shard, each checking its images spread over every interval, and one
+writer task per branch batching what arrives into one commit.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from watcher.blocks import BlockId, Update
 from watcher.config import Config
 from watcher.discovery import Discovery, FoundBlock, WatchSet
 from watcher.gitops import BranchWriter, GitError, GitMirror, WriteOutcome
+from watcher.leases import LocalMembership, ShardMembership
 from watcher.lookups import LookupFailed, Lookups
 from watcher.metrics import Metrics
 from watcher.references import ImageName
+from watcher.shards import shard_of
 from watcher.strategies import Change, Skip, decide, to_edit
 
 log = structlog.get_logger()
@@ -36,6 +39,9 @@ log = structlog.get_logger()
 CONCURRENCY = 16
 # SIGTERM must end the process within 10 s; a push in flight gets this long.
 STOP_GRACE = 8.0
+# Updates for one branch arriving within this long (at most interval/20) go
+# into one commit.
+BATCH_DELAY = 2.0
 
 
 @dataclass
@@ -68,7 +74,13 @@ class Watcher:
         self.pending: dict[str, dict[BlockId, Update]] = defaultdict(dict)
         self._stack = AsyncExitStack()
         self._lookups: Lookups | None = None
-        self._write_task: asyncio.Task[dict[str, WriteOutcome]] | None = None
+        self.membership: ShardMembership = LocalMembership(config.shards)
+        self._by_shard: dict[int, list[tuple[ImageName, list[FoundBlock]]]] = {}
+        self._watch_ready = asyncio.Event()
+        self._queues: dict[str, asyncio.Queue[tuple[Update, int, int | None]]] = {}
+        self._write_tasks: dict[str, asyncio.Task[None]] = {}
+        self._writing: dict[str, bool] = {}
+        self._group: asyncio.TaskGroup
         self._git_problem: str | None = "the git remote has not been read yet"
 
     async def __aenter__(self) -> Watcher:
@@ -104,9 +116,9 @@ class Watcher:
         """What keeps this process from being ready (empty: ready)."""
         return [self._git_problem] if self._git_problem else []
 
-    async def discover(self, *, log_problems: bool = True) -> WatchSet:
+    async def discover(self, *, log_problems: bool = True, fetch: bool = True) -> WatchSet:
         try:
-            watch = await asyncio.to_thread(self.discovery.run)
+            watch = await asyncio.to_thread(self.discovery.run, fetch=fetch)
         except GitError as exc:
             self._git_problem = f"git remote unreachable: {exc}"
             raise
@@ -178,11 +190,8 @@ class Watcher:
         outcomes: dict[str, WriteOutcome] = {}
 
         async def one(branch: str, batch: list[Update]) -> None:
-            writer = self._writers.get(branch)
-            if writer is None:
-                writer = self._writers[branch] = BranchWriter(self.mirror, branch)
             try:
-                outcome = await asyncio.to_thread(writer.write, batch)
+                outcome = await asyncio.to_thread(self._branch_writer(branch).write, batch)
             except GitError as exc:
                 self.metrics.git_push.labels("error").inc()
                 self.metrics.errors.labels("git").inc()
@@ -244,13 +253,8 @@ class Watcher:
         await self.resolve(watch, report)
         report.updates.sort(key=lambda u: u.block)
         if not dry_run:
-            # Shielded: cancelling the cycle on stop leaves a push in flight to land.
-            self._write_task = asyncio.ensure_future(self.write(report.updates))
-            report.outcomes = await asyncio.shield(self._write_task)
+            report.outcomes = await self.write(report.updates)
         report.seconds = time.monotonic() - started
-        self.metrics.cycle_seconds.labels("all").observe(report.seconds)
-        self.metrics.last_cycle.labels("all").set(time.time())
-        self.metrics.images.labels("all").set(len(watch.images))
         log.info(
             "cycle done",
             images=len(watch.images),
@@ -261,44 +265,179 @@ class Watcher:
         )
         return report
 
-    # --- the daemon loop ---------------------------------------------------------------
+    # --- the daemon: shards, each sweeping its images over the interval -----------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Cycle every ``interval`` until ``stop`` is set.
+        """Run until ``stop`` is set: discovery, one task per owned shard, one writer per branch.
 
-        Cycles start on a fixed grid (start + k * interval), so a slow cycle
-        does not push every later one back; a cycle longer than the interval
-        skips the ticks it overran instead of running back to back.
+        Each shard checks its images once per interval, spread evenly over it
+        (not a burst at its start), on a fixed grid: a sweep that overran
+        skips the ticks it missed instead of piling up. On stop, look-ups end
+        at once; a write in flight gets the grace period to land.
         """
+        async with asyncio.TaskGroup() as group:
+            self._group = group
+            group.create_task(self.membership.run(stop))
+            discovery = group.create_task(self._discovery_loop(stop))
+            manager = group.create_task(self._shard_manager(stop))
+            await stop.wait()
+            discovery.cancel()
+            manager.cancel()
+            writing = [t for t in self._write_tasks.values() if not t.done()]
+            if any(self._writing.values()):
+                log.info("stopping: finishing the write in flight")
+                await asyncio.wait(writing, timeout=STOP_GRACE)
+            for task in writing:
+                task.cancel()
+
+    async def _discovery_loop(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        origin, tick = loop.time(), 0
+        while not stop.is_set():
+            try:
+                self._set_watch(await self.discover())
+            except (GitError, OSError) as exc:
+                # The last watch set stays in use; readiness says what is wrong.
+                self.metrics.errors.labels("discovery").inc()
+                log.error("discovery failed", reason=str(exc))
+            tick = max(tick + 1, math.ceil((loop.time() - origin) / self.config.interval))
+            await _sleep_until(origin + tick * self.config.interval, stop)
+
+    def _set_watch(self, watch: WatchSet) -> None:
+        by_shard: dict[int, list[tuple[ImageName, list[FoundBlock]]]] = defaultdict(list)
+        for image, blocks in watch.images.items():
+            by_shard[shard_of(image, self.config.shards)].append((image, blocks))
+        self._by_shard = dict(by_shard)
+        for shard in range(self.config.shards):
+            self.metrics.images.labels(str(shard)).set(len(self._by_shard.get(shard, ())))
+        self._watch_ready.set()
+
+    async def _shard_manager(self, stop: asyncio.Event) -> None:
+        """Start and stop shard tasks as this process gains and loses shards."""
+        tasks: dict[int, asyncio.Task[None]] = {}
+        try:
+            while True:
+                await self.membership.changed.wait()
+                self.membership.changed.clear()
+                owned = self.membership.owned()
+                for shard in sorted(owned - tasks.keys()):
+                    tasks[shard] = self._group.create_task(self._shard(shard, stop))
+                    self.metrics.shard_owned.labels(str(shard)).set(1)
+                for shard in sorted(tasks.keys() - owned):
+                    tasks.pop(shard).cancel()
+                    self.metrics.shard_owned.labels(str(shard)).set(0)
+                log.info("shards owned", shards=sorted(owned), replicas=self.membership.replicas())
+        finally:
+            for task in tasks.values():
+                task.cancel()
+
+    async def _shard(self, shard: int, stop: asyncio.Event) -> None:
+        await self._watch_ready.wait()
         loop = asyncio.get_running_loop()
         interval = self.config.interval
-        origin = loop.time()
-        tick = 0
+        # Shards start their slots at different offsets, so S shards do not
+        # all ask at the same instant.
+        phase = shard / self.config.shards
+        origin, tick = loop.time(), 0
         while not stop.is_set():
-            current = asyncio.create_task(self._guarded_cycle())
-            stopping = asyncio.create_task(stop.wait())
-            await asyncio.wait({current, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            if not current.done():
-                # Stop during a cycle: look-ups are abandoned at once; a write
-                # in flight (shielded inside cycle()) gets the grace period.
-                current.cancel()
-                stopping.cancel()
-                await asyncio.wait({current})
-                if self._write_task is not None and not self._write_task.done():
-                    log.info("stopping: finishing the write in flight")
-                    await asyncio.wait({self._write_task}, timeout=STOP_GRACE)
-                break
-            stopping.cancel()
+            started = origin + tick * interval
+            images = self._by_shard.get(shard, [])
+            slot = interval / max(1, len(images))
+            for index, (image, blocks) in enumerate(images):
+                await _sleep_until(started + (index + phase) * slot, stop)
+                try:
+                    updates, _ = await self.check_image(image, blocks)
+                except LookupFailed as exc:
+                    self.metrics.errors.labels("registry").inc()
+                    log.warning("image skipped", image=str(image), shard=shard, reason=str(exc))
+                    continue
+                fence = self.membership.fence(shard)
+                for update in updates:
+                    self._queue(update, shard, fence)
+            seconds = loop.time() - started
+            self.metrics.cycle_seconds.labels(str(shard)).observe(seconds)
+            self.metrics.last_cycle.labels(str(shard)).set(time.time())
+            if images:
+                log.info("sweep done", shard=shard, images=len(images), seconds=round(seconds, 3))
             tick = max(tick + 1, math.ceil((loop.time() - origin) / interval))
-            delay = origin + tick * interval - loop.time()
-            with suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=max(0.0, delay))
+            await _sleep_until(origin + tick * interval, stop)
 
-    async def _guarded_cycle(self) -> None:
-        try:
-            await self.cycle()
-        except (GitError, OSError) as exc:
-            # A cycle that fails (git remote down, disk full) is retried on the
-            # next tick; the daemon stays up and says so.
-            self.metrics.errors.labels("cycle").inc()
-            log.error("cycle failed", reason=str(exc))
+    # --- write-back in the daemon: one writer task per branch --------------------------
+
+    def _queue(self, update: Update, shard: int, fence: int | None) -> None:
+        branch = update.block.branch
+        queue = self._queues.get(branch)
+        if queue is None:
+            queue = self._queues[branch] = asyncio.Queue()
+            self._write_tasks[branch] = self._group.create_task(self._writer(branch, queue))
+        queue.put_nowait((update, shard, fence))
+
+    async def _writer(
+        self, branch: str, queue: asyncio.Queue[tuple[Update, int, int | None]]
+    ) -> None:
+        """Batch what arrives for one branch into one commit; retry what a push left pending."""
+        loop = asyncio.get_running_loop()
+        fences: dict[BlockId, tuple[int, int | None]] = {}
+        batch_delay = min(BATCH_DELAY, self.config.interval / 20)
+        while True:
+            try:
+                # With updates pending from a failed push, try again after an
+                # interval even if nothing new arrives.
+                timeout = self.config.interval if self.pending.get(branch) else None
+                first = await asyncio.wait_for(queue.get(), timeout)
+            except TimeoutError:
+                first = None
+            items = [first] if first is not None else []
+            deadline = loop.time() + batch_delay
+            while first is not None and (left := deadline - loop.time()) > 0:
+                try:
+                    items.append(await asyncio.wait_for(queue.get(), left))
+                except TimeoutError:
+                    break
+            for update, shard, fence in items:
+                self.pending[branch][update.block] = update
+                fences[update.block] = (shard, fence)
+            # A shard lost since the update was decided: its new owner decides
+            # again, with fresher facts; writing ours could undo theirs.
+            for block, (shard, fence) in list(fences.items()):
+                if self.membership.fence(shard) != fence:
+                    self.pending[branch].pop(block, None)
+                    del fences[block]
+            batch = list(self.pending[branch].values())
+            if not batch:
+                continue
+            self._writing[branch] = True
+            try:
+                outcome = await asyncio.shield(
+                    asyncio.to_thread(self._branch_writer(branch).write, batch)
+                )
+            except GitError as exc:
+                self.metrics.git_push.labels("error").inc()
+                self.metrics.errors.labels("git").inc()
+                log.error("write-back failed", branch=branch, reason=str(exc))
+                continue
+            finally:
+                self._writing[branch] = False
+            self._account(branch, outcome)
+            if outcome.result == "committed":
+                # Shards must decide from the branch as we just left it, not
+                # as of the last fetch: an update decided against the older
+                # value would read as a person's edit and be dropped.
+                self._set_watch(await self.discover(fetch=False, log_problems=False))
+            for block in list(fences):
+                if block not in self.pending[branch]:
+                    del fences[block]
+
+    def _branch_writer(self, branch: str) -> BranchWriter:
+        writer = self._writers.get(branch)
+        if writer is None:
+            writer = self._writers[branch] = BranchWriter(self.mirror, branch)
+        return writer
+
+
+async def _sleep_until(when: float, stop: asyncio.Event) -> None:
+    """Sleep until loop time ``when``, or until ``stop`` is set."""
+    delay = when - asyncio.get_running_loop().time()
+    if delay > 0 and not stop.is_set():
+        with suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=delay)
