@@ -298,24 +298,22 @@ async def test_redis_restart_keeps_owners_and_fences(
         await r.shutdown()
 
 
-async def test_redis_down_keeps_shards_for_a_ttl_then_drops(redis_server: RedisServer) -> None:
+async def test_redis_down_keeps_the_shards_held(redis_server: RedisServer) -> None:
+    """Promise: Redis down keeps the work going (nobody can take a shard meanwhile)."""
     r = replica(redis_server.url, "solo", shards=4)
     await wait_for(lambda: r.membership.owned() == set(range(4)), within=3 * INTERVAL)
+    fences = r.membership.leases()
     redis_server.stop()
-    stopped = time.monotonic()
-    # Still owned a moment later: a short outage leaves no image unchecked.
-    await asyncio.sleep(INTERVAL / 2)
+    # Well past a ttl: still owned, so every image is still checked.
+    await asyncio.sleep(TTL * 3)
     assert r.membership.owned() == set(range(4))
-    await wait_for(lambda: not r.membership.owned(), within=TTL + 0.5)
-    dropped = time.monotonic() - stopped
-    print(f"\nredis down: shards dropped {dropped:.3f}s after it went (ttl {TTL}s)")
-    assert TTL - INTERVAL / 2 - 0.05 <= dropped <= TTL + 0.1
     assert not r.membership.connected
     assert r.membership.replicas() == 1
-    redis_server.start()
-    back = await wait_for(lambda: r.membership.owned() == set(range(4)), within=3 * INTERVAL)
-    print(f"redis back: shards owned again after {back:.3f}s (grace {INTERVAL / 2}s)")
-    assert r.membership.connected
+    redis_server.start()  # empty: no persistence
+    back = await wait_for(lambda: r.membership.connected, within=3 * INTERVAL)
+    print(f"redis back: reconnected after {back:.3f}s")
+    # The leases are reclaimed with their old fences: no shard moved.
+    await wait_for(lambda: r.membership.leases() == fences, within=3 * INTERVAL)
     await r.shutdown()
 
 

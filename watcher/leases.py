@@ -39,13 +39,15 @@ for a grace of one renew period (interval/2) after the first tick creates it.
 So a restart of Redis moves no shard and creates no second owner; the price
 is that a brand-new installation waits interval/2 before its first ownership.
 
-Redis unreachable: a replica keeps the shards it holds until the ttl of its
-last successful renewal would have run out, measured from when that renewal
-was *sent* (its lease can only expire later than that, never earlier), then
-drops them all, and keeps retrying. Keeping them as long as that is what keeps
-images checked during a short outage; dropping them then is what keeps two
-owners from lasting: by then another replica that can reach Redis may take
-them. Nobody can take them earlier, because the lease is still in Redis.
+Redis unreachable: a replica keeps checking the shards it holds for as long
+as Redis stays out of reach, and keeps retrying. When every replica has lost
+Redis (the usual outage) nobody can take a shard, so nothing is owned twice
+and no image goes unchecked. When only this replica is cut off, the others
+take its shards once the leases lapse, and both check them until it reaches
+Redis again and learns it lost them: duplicate look-ups, never more requests
+than the quota (each cut-off replica's budget falls back to cap / replicas)
+and never a lost commit (writes are compare-and-swap). Dropping the shards
+instead would stop all work for the whole outage.
 """
 
 from __future__ import annotations
@@ -245,6 +247,9 @@ class LocalMembership:
         self.shards = shards
         self.changed = asyncio.Event()
         self.changed.set()
+        # Owns every shard from the start: nothing to wait for (cf. Membership.ready).
+        self.ready = asyncio.Event()
+        self.ready.set()
         self._on_change = on_change
         self._all = frozenset(range(shards))
 
@@ -359,8 +364,6 @@ class Membership:
     async def step(self) -> float:
         """One tick; returns when (by ``clock``) the next one is due."""
         sent = self._clock()
-        if self._leases and sent >= self._deadline:
-            self._lapse()
         try:
             async with asyncio.timeout(self._call_timeout(sent)):
                 reply = await self._tick(
@@ -368,10 +371,7 @@ class Membership:
                 )
         except (RedisError, OSError, TimeoutError) as exc:
             self._unreachable(exc)
-            if self._leases and self._clock() >= self._deadline:
-                self._lapse()
-            wake = sent + self.retry_every
-            return min(wake, self._deadline) if self._leases else wake
+            return sent + self.retry_every
         return self._apply(sent, reply)
 
     async def release(self) -> None:
@@ -434,21 +434,13 @@ class Membership:
             wake = min(wake, now + int(settle_ms) / 1000 + EXPIRY_SLACK)
         return wake
 
-    def _lapse(self) -> None:
-        log.warning(
-            "shard leases lapsed: redis unreachable for a ttl",
-            replica=self.replica_id,
-            shards=sorted(self._leases),
-        )
-        self._set({})
-
     def _unreachable(self, exc: BaseException) -> None:
         self.connected = False
         now = self._clock()
         if now - self._last_error_log >= ERROR_LOG_EVERY:
             self._last_error_log = now
             log.warning(
-                "redis unreachable; keeping shards until their leases lapse",
+                "redis unreachable; still checking the shards held",
                 replica=self.replica_id,
                 error=str(exc) or type(exc).__name__,
                 shards=sorted(self._leases),
