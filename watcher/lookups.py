@@ -12,13 +12,14 @@ import json
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aiohttp
 import structlog
 
 from watcher import planner
 from watcher.budget import Budget, LocalBudget
+from watcher.cache import SharedCache
 from watcher.config import Config, Limit, RegistryConfig
 from watcher.discovery import FoundBlock
 from watcher.google import ExtensionError, GoogleTokenSource, facts_from_pages
@@ -99,8 +100,10 @@ class Lookups:
         *,
         budgets: Mapping[str, Budget] | None = None,
         environ: Mapping[str, str] | None = None,
+        cache: SharedCache | None = None,
     ) -> None:
         self._config = config
+        self.cache = cache or SharedCache(None, config.interval)
         self._session = session
         self._metrics = metrics
         self._environ = environ
@@ -244,6 +247,17 @@ class Lookups:
         facts, notes = result
         return facts, notes
 
+    async def _shared(self, key: tuple[str, str, str], fetch: Callable[[], Awaitable[T]]) -> T:
+        """A look-up answered from the replicas' shared cache when fresh there, else sent once."""
+        name = "/".join(key)
+        cached = await self.cache.get(name)
+        if cached is not None:
+            self._metrics.lookups.labels("cached").inc()
+            return cast(T, cached)
+        value = await self._once(key, fetch)
+        await self.cache.put(name, value)
+        return value
+
     async def _introduce(self, host: str, lookup: Callable[[], Awaitable[T]]) -> T:
         """Let the first look-up on a registry host go alone; the rest wait for its answer.
 
@@ -267,7 +281,7 @@ class Lookups:
         """The requests of a plan: Google's pages, or (v2) the facts and notes."""
         client, registry = self.client(image)
         if registry.api == "google":
-            return await self._once(
+            return await self._shared(
                 (client.host, str(image), "tags/list"), lambda: client.tag_pages(image)
             )
         notes: list[str] = []
@@ -310,7 +324,7 @@ class Lookups:
 
         async def head(tag: str) -> None:
             try:
-                digests[tag] = await self._once(
+                digests[tag] = await self._shared(
                     (client.host, str(image), f"tag:{tag}"), lambda: client.digest(image, tag)
                 )
             except (NotFound, BadResponse) as exc:
@@ -326,12 +340,13 @@ class Lookups:
                 notes.append(f"digest {digest}: config has no readable 'created'")
             else:
                 self.times[digest] = when
+                await self.cache.put_time(digest, when)
 
         listed: list[str] | None = None
 
         async def listing() -> None:
             nonlocal listed
-            listed = await self._once(
+            listed = await self._shared(
                 (client.host, str(image), "tags/list"), lambda: client.tags(image)
             )
 
@@ -341,6 +356,9 @@ class Lookups:
             for tag in plan.head:
                 group.create_task(head(tag))
         if plan.after_listing and listed is not None:
+            # Times another replica already read count as known here too.
+            unknown = [d for d in set(digests.values()) | set(last.values()) if d not in self.times]
+            self.times.update(await self.cache.times(unknown))
             follow = planner.plan_after_listing("v2", needs, listed, digests, self.times)
             async with asyncio.TaskGroup() as group:
                 for tag in follow.head:

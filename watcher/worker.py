@@ -19,13 +19,17 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 import aiohttp
+import redis.asyncio as aioredis
 import structlog
 
 from watcher.blocks import BlockId, Update
+from watcher.budget import Budget
+from watcher.budget_redis import budgets_for
+from watcher.cache import SharedCache
 from watcher.config import Config
 from watcher.discovery import Discovery, FoundBlock, WatchSet
 from watcher.gitops import BranchWriter, GitError, GitMirror, WriteOutcome
-from watcher.leases import LocalMembership, ShardMembership
+from watcher.leases import LocalMembership, Membership, ShardMembership, connect
 from watcher.lookups import LookupFailed, Lookups
 from watcher.metrics import Metrics
 from watcher.references import ImageName
@@ -39,6 +43,8 @@ log = structlog.get_logger()
 CONCURRENCY = 16
 # SIGTERM must end the process within 10 s; a push in flight gets this long.
 STOP_GRACE = 8.0
+# Share of the interval over which a taken-over shard's first sweep runs.
+TAKEOVER_SPAN = 0.25
 # Updates for one branch arriving within this long (at most interval/20) go
 # into one commit.
 BATCH_DELAY = 2.0
@@ -93,7 +99,25 @@ class Watcher:
         # aiohttp silently resends an idempotent request once when a kept-alive
         # connection drops; that resend would go out without a budget grant.
         session._retry_connection = False
-        self._lookups = Lookups(self.config, session, self.metrics, environ=self._environ)
+        budgets: dict[str, Budget] | None = None
+        client: aioredis.Redis | None = None
+        if self.config.redis.url:
+            # One client for leases, budgets and the shared cache; short
+            # timeouts and no hidden retries, so a dead Redis never stalls a
+            # renewal or a grant (each falls back on its own schedule).
+            client = connect(self.config.redis.url, self.config.interval)
+            self._stack.push_async_callback(client.aclose)
+            membership = Membership(client, self.config.shards, self.config.interval)
+            self.membership = membership
+            budgets = budgets_for(self.config, client, membership.replica_id, membership.replicas)
+        self._lookups = Lookups(
+            self.config,
+            session,
+            self.metrics,
+            environ=self._environ,
+            budgets=budgets,
+            cache=SharedCache(client, self.config.interval),
+        )
         return self
 
     async def __aexit__(
@@ -113,8 +137,21 @@ class Watcher:
     # --- one cycle -------------------------------------------------------------------
 
     def readiness(self) -> list[str]:
-        """What keeps this process from being ready (empty: ready)."""
-        return [self._git_problem] if self._git_problem else []
+        """What keeps this process from being ready (empty: ready).
+
+        Ready means: the config is loaded (this object exists), the git remote
+        was read by the last discovery, and the shard membership has completed
+        its first tick, so the shards this replica owns are known (with Redis,
+        after the first lease tick; without Redis, at once). A replica that
+        owns no shard because there are more replicas than shards is ready: it
+        is a standby. Losing Redis later does not make it unready (DESIGN, "The
+        shared budget": readiness stays up).
+        """
+        problems = [self._git_problem] if self._git_problem else []
+        ready = getattr(self.membership, "ready", None)
+        if isinstance(ready, asyncio.Event) and not ready.is_set():
+            problems.append("shard leases not taken yet (the first membership tick is pending)")
+        return problems
 
     async def discover(self, *, log_problems: bool = True, fetch: bool = True) -> WatchSet:
         try:
@@ -315,26 +352,37 @@ class Watcher:
     async def _shard_manager(self, stop: asyncio.Event) -> None:
         """Start and stop shard tasks as this process gains and loses shards."""
         tasks: dict[int, asyncio.Task[None]] = {}
+        started = False  # shards gained after the first assignment are take-overs
         try:
             while True:
                 await self.membership.changed.wait()
                 self.membership.changed.clear()
                 owned = self.membership.owned()
                 for shard in sorted(owned - tasks.keys()):
-                    tasks[shard] = self._group.create_task(self._shard(shard, stop))
+                    tasks[shard] = self._group.create_task(
+                        self._shard(shard, stop, takeover=started)
+                    )
                     self.metrics.shard_owned.labels(str(shard)).set(1)
                 for shard in sorted(tasks.keys() - owned):
                     tasks.pop(shard).cancel()
                     self.metrics.shard_owned.labels(str(shard)).set(0)
                 log.info("shards owned", shards=sorted(owned), replicas=self.membership.replicas())
+                started = True
         finally:
             for task in tasks.values():
                 task.cancel()
 
-    async def _shard(self, shard: int, stop: asyncio.Event) -> None:
+    async def _shard(self, shard: int, stop: asyncio.Event, *, takeover: bool = False) -> None:
+        """Check the shard's images once per interval, each in its own slot of the interval.
+
+        A shard taken over from a replica that died has images already
+        overdue by up to a lease ttl: its first sweep runs over a quarter of
+        the interval, so they are checked again within two intervals.
+        """
         await self._watch_ready.wait()
         loop = asyncio.get_running_loop()
         interval = self.config.interval
+        span = interval * (TAKEOVER_SPAN if takeover else 1.0)
         # Shards start their slots at different offsets, so S shards do not
         # all ask at the same instant.
         phase = shard / self.config.shards
@@ -342,7 +390,7 @@ class Watcher:
         while not stop.is_set():
             started = origin + tick * interval
             images = self._by_shard.get(shard, [])
-            slot = interval / max(1, len(images))
+            slot = span / max(1, len(images))
             for index, (image, blocks) in enumerate(images):
                 await _sleep_until(started + (index + phase) * slot, stop)
                 try:
@@ -360,6 +408,7 @@ class Watcher:
             if images:
                 log.info("sweep done", shard=shard, images=len(images), seconds=round(seconds, 3))
             tick = max(tick + 1, math.ceil((loop.time() - origin) / interval))
+            span = interval
             await _sleep_until(origin + tick * interval, stop)
 
     # --- write-back in the daemon: one writer task per branch --------------------------

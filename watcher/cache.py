@@ -1,0 +1,93 @@
+"""Look-up results shared across replicas through Redis.
+
+Digests by tag (and whole tag listings) live for a fraction of the interval:
+long enough that a replica taking over a shard, or two replicas briefly
+sharing one during a hand-over, ask the registry once, short enough that the
+owner's next sweep asks afresh. Creation times by digest live forever: a
+digest names immutable content.
+
+The cache is an optimisation, never a dependency: every Redis error reads as
+a miss, and is logged at most once a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError
+
+log = structlog.get_logger()
+
+PREFIX = "iw:cache:"
+TIMES = PREFIX + "times"
+# Share of the interval a tag's digest (or a listing) is trusted for.
+FRESH_SHARE = 0.5
+_LOG_EVERY = 60.0
+
+
+class SharedCache:
+    """Redis-backed; ``client`` None makes every call a miss (no Redis configured)."""
+
+    def __init__(self, client: aioredis.Redis | None, interval: float) -> None:
+        self._client = client
+        self.ttl_ms = max(1, int(interval * FRESH_SHARE * 1000))
+        self._last_error = -_LOG_EVERY
+
+    def _failed(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._last_error >= _LOG_EVERY:
+            self._last_error = now
+            log.warning("shared cache unavailable; asking the registry", reason=str(exc))
+
+    async def get(self, key: str) -> Any:
+        if self._client is None:
+            return None
+        try:
+            raw = await self._client.get(PREFIX + key)
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+            return None
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return None
+
+    async def put(self, key: str, value: Any) -> None:
+        if self._client is None:
+            return
+        try:
+            await self._client.set(PREFIX + key, json.dumps(value), px=self.ttl_ms)
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+
+    async def times(self, digests: list[str]) -> dict[str, float]:
+        """Known creation times of these digests."""
+        if self._client is None or not digests:
+            return {}
+        try:
+            values = await self._client.hmget(TIMES, digests)
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+            return {}
+        found: dict[str, float] = {}
+        for digest, value in zip(digests, values, strict=True):
+            if value is not None:
+                try:
+                    found[digest] = float(value)
+                except ValueError:
+                    continue
+        return found
+
+    async def put_time(self, digest: str, when: float) -> None:
+        if self._client is None:
+            return
+        try:
+            await self._client.hset(TIMES, digest, repr(when))
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
