@@ -634,3 +634,79 @@ async def test_metadata_server_answers_as_google_auth_expects() -> None:
         async with session.get(registry_token, headers=auth) as expired:
             assert expired.status == 401
     assert [e.kind for e in emu.log] == ["metadata"] * 3 + ["token"] * 2
+
+
+async def test_adc_from_a_service_account_key_file(
+    adc_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Promise: a key file named by GOOGLE_APPLICATION_CREDENTIALS authenticates, unlogged.
+
+    The key's ``token_uri`` points at the emulator's OAuth endpoint, which
+    checks the JWT's signature against the account's public key, as Google's
+    does; the watcher runs as a fresh process with only the environment set.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    public_pem = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    settings = EmulatorSettings(service_account_keys={"key-1": public_pem}, access_tokens=set())
+    async with GoogleRegistryEmulator(settings) as emu:
+        emu.push("team/api", "master")
+        remote = make_remote(tmp_path, environments(emu.host))
+        key_file = tmp_path / "key.json"
+        key_file.write_text(
+            json.dumps(
+                {
+                    "type": "service_account",
+                    "project_id": "emulator-project",
+                    "private_key_id": "key-1",
+                    "private_key": private_pem,
+                    "client_email": "watcher@emulator-project.iam.gserviceaccount.com",
+                    "client_id": "1",
+                    "token_uri": f"{emu.url}/token",
+                }
+            )
+        )
+        config = tmp_path / "shards.yaml"
+        config.write_text(
+            f"""
+registries:
+  - {{host: "{emu.host}", api: google, auth: google, insecure: true}}
+git: {{url: {remote.url}, files: ["apps/*/values.yaml"], workdir: {tmp_path / "clone"}}}
+"""
+        )
+        env = {**os.environ, "GOOGLE_APPLICATION_CREDENTIALS": str(key_file)}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "watcher",
+            "once",
+            "--config",
+            str(config),
+            "--log-level",
+            "debug",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        issued = set(emu._access_tokens) | set(emu._tokens)
+        assert proc.returncode == 0, err.decode()
+        assert emu.count("oauth") == 1
+        assert emu.count("token", status=200) >= 1, (out.decode(), err.decode()[-3000:])
+        assert "committed" in out.decode()
+    digest = emu.resolve("team/api", "master")
+    assert f"shasum: {digest}" in remote.read("environment/b2c1", "apps/api/values.yaml")
+    assert issued
+    for secret in issued | {private_pem.splitlines()[1]}:
+        assert secret not in out.decode() and secret not in err.decode()

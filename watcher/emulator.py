@@ -74,7 +74,15 @@ from aiohttp import web
 Mode = Literal["gcr", "artifact"]
 ImageKind = Literal["oci", "docker", "index", "list"]
 RequestKind = Literal[
-    "ping", "token", "tags_list", "manifest_head", "manifest_get", "blob", "metadata", "other"
+    "ping",
+    "token",
+    "tags_list",
+    "manifest_head",
+    "manifest_get",
+    "blob",
+    "metadata",
+    "oauth",
+    "other",
 ]
 # truncated / garbage: the body is no longer JSON. extension: valid JSON whose Google
 # ``manifest`` map is broken (an upload time that is not a number), as a changed API would be.
@@ -133,6 +141,11 @@ class EmulatorSettings:
     metadata_token_ttl: float = 3600.0
     service_account: str = DEFAULT_SERVICE_ACCOUNT
     project_id: str = "emulator-project"
+    # Google's OAuth token endpoint (``/token``), for service-account key files
+    # (GOOGLE_APPLICATION_CREDENTIALS with ``token_uri`` pointing here): key id ->
+    # the account's public key (PEM). A signed JWT-bearer assertion is exchanged for
+    # an access token living ``metadata_token_ttl``, as the metadata server's are.
+    service_account_keys: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -585,6 +598,8 @@ class GoogleRegistryEmulator:
             request.path == "/" or request.path.startswith("/computeMetadata/")
         ):
             kind = "metadata"
+        if self.settings.service_account_keys and request.path == "/token":
+            kind = "oauth"
         entry = LoggedRequest(
             monotonic=time.monotonic(),
             wall=time.time(),
@@ -611,6 +626,8 @@ class GoogleRegistryEmulator:
     async def _answer(
         self, request: web.Request, entry: LoggedRequest, reference: str | None
     ) -> web.Response:
+        if entry.kind == "oauth":
+            return await self._oauth_token(request)
         if entry.kind == "metadata":
             # Not the registry: no registry quota, but injected faults apply.
             if self._take_fault("drop", entry.kind) is not None:
@@ -761,6 +778,42 @@ class GoogleRegistryEmulator:
         expires = self._access_tokens.get(token)
         return expires is not None and expires > time.monotonic()
 
+    # -- OAuth token endpoint ---------------------------------------------------------------
+
+    async def _oauth_token(self, request: web.Request) -> web.Response:
+        """Google's ``/token`` for the JWT-bearer grant a service-account key file makes."""
+        from google.auth import exceptions as auth_exceptions
+        from google.auth import jwt
+
+        form = await request.post()
+        if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer":
+            return web.json_response({"error": "unsupported_grant_type"}, status=400)
+        assertion = str(form.get("assertion", ""))
+        # google-auth signs for Google's own endpoint whatever token_uri says,
+        # and Google checks exactly that audience.
+        audience = "https://oauth2.googleapis.com/token"
+        try:
+            claims = jwt.decode(  # type: ignore[no-untyped-call]
+                assertion, certs=self.settings.service_account_keys, audience=audience
+            )
+        except (ValueError, auth_exceptions.GoogleAuthError):
+            return web.json_response(
+                {"error": "invalid_grant", "error_description": "Invalid JWT Signature."},
+                status=400,
+            )
+        if "scope" not in claims:
+            return web.json_response({"error": "invalid_scope"}, status=400)
+        return web.json_response(self._issue_access_token())
+
+    def _issue_access_token(self) -> dict[str, Any]:
+        value = "ya29.emulator-" + secrets.token_urlsafe(24)
+        # Google sends whole seconds.
+        ttl = max(1, int(self.settings.metadata_token_ttl))
+        now = time.monotonic()
+        self._access_tokens = {k: e for k, e in self._access_tokens.items() if e > now}
+        self._access_tokens[value] = now + ttl
+        return {"access_token": value, "expires_in": ttl, "token_type": "Bearer"}
+
     # -- metadata server --------------------------------------------------------------------
 
     def _metadata(self, request: web.Request) -> web.Response:
@@ -798,14 +851,7 @@ class GoogleRegistryEmulator:
             }
             return web.json_response(info, headers=flavor)
         if rest == account + "/token":
-            value = "ya29.emulator-" + secrets.token_urlsafe(24)
-            # The real server sends whole seconds.
-            ttl = max(1, int(self.settings.metadata_token_ttl))
-            now = time.monotonic()
-            self._access_tokens = {k: e for k, e in self._access_tokens.items() if e > now}
-            self._access_tokens[value] = now + ttl
-            body = {"access_token": value, "expires_in": ttl, "token_type": "Bearer"}
-            return web.json_response(body, headers=flavor)
+            return web.json_response(self._issue_access_token(), headers=flavor)
         return web.Response(status=404, text="not found", headers=flavor)
 
     # -- registry API -----------------------------------------------------------------------
