@@ -46,7 +46,9 @@ after ``recover`` and reservations before it, so once shared grants resume the l
 everything sent in the last window. A replica that sees a new epoch first writes its own
 grants of the last window back (re-seeding), so nothing it sent is forgotten. The first
 window of a brand-new budget is a recovery too: an empty Redis cannot tell "new" from
-"restarted".
+"restarted". Claims are refused beyond the cap (``full``, with the wait until the oldest
+entry leaves): replicas starting together each see too few others at first, and their
+local shares alone could add up to more than the cap.
 
 Known limits: a replica cut off from Redis while the others still reach it keeps its local
 share while they use the rest of the log, so the cap can be exceeded by up to its share
@@ -181,7 +183,16 @@ elseif op == 'claim' then
   elseif paused_until > now then
     status, wait = 'paused', paused_until - now
   else
-    redis.call('ZADD', log, fmt(now), member)
+    -- The log holds every claim of this recovery and every replica's re-seeded
+    -- grants: claims beyond the cap are refused, whatever each local share says
+    -- (replicas that joined late may each have counted too few replicas).
+    local n = redis.call('ZCARD', log)
+    if n >= cap then
+      local leaving = redis.call('ZRANGE', log, n - cap, n - cap, 'WITHSCORES')
+      status, wait = 'full', tonumber(leaving[2]) + window - now
+    else
+      redis.call('ZADD', log, fmt(now), member)
+    end
   end
 elseif op == 'pause' then
   wait = added
@@ -454,6 +465,10 @@ class RedisBudget:
         if reply.status == "paused":
             if self._local is not None:
                 await self._local.pause(reply.paused)
+            return False
+        if reply.status == "full":
+            # The shared log is at the cap: wait until its oldest grant leaves.
+            await asyncio.sleep(reply.wait)
             return False
         if reply.recv - reply.sent > self._late:
             self._releases.add(member)
