@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -20,21 +20,43 @@ _SEVERITY = {
     "exception": "ERROR",
 }
 _SECRET_KEYS = re.compile(r"pass(word)?|secret|token|authorization|credential", re.I)
-# user:password@ in URLs (git remotes, Redis URLs).
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s:]+(:[^/@\s]*)?@", re.I)
+# The whole userinfo of a URL (git remotes, Redis URLs): ``user:password@``,
+# ``:password@`` and a bare token used as the user name (``https://TOKEN@host``).
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.I)
+# HTTP Authorization values quoted in messages (``Bearer <token>``, ``Basic <base64>``):
+# a credential is at least 8 characters and has a digit or a symbol, which
+# tells it from prose such as "basic auth needs username_env".
+_AUTH_VALUES = re.compile(
+    r"\b(?P<scheme>Bearer|Basic)(?P<space>\s+)"
+    r"(?=[A-Za-z0-9._~+/=-]*[0-9._~+/=])[A-Za-z0-9._~+/=-]{8,}",
+    re.I,
+)
+REDACTED = "***"
 
 
 def redact(text: str) -> str:
-    """Remove credentials embedded in URLs."""
-    return _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
+    """Remove credentials embedded in URLs and Authorization values quoted in text."""
+    text = _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
+    return _AUTH_VALUES.sub(r"\g<scheme>\g<space>***", text)
+
+
+def _scrub(value: Any) -> Any:
+    """``value`` with secrets removed, looking inside mappings, lists and tuples."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {
+            k: REDACTED if isinstance(k, str) and _SECRET_KEYS.search(k) else _scrub(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value]
+    return value
 
 
 def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key, value in list(event.items()):
-        if _SECRET_KEYS.search(key):
-            event[key] = "***"
-        elif isinstance(value, str):
-            event[key] = redact(value)
+        event[key] = REDACTED if _SECRET_KEYS.search(key) else _scrub(value)
     return event
 
 
