@@ -117,6 +117,8 @@ class GitConfig:
     author: Author = field(default_factory=Author)
     # Where the clone is kept between cycles (fetched, never re-cloned).
     workdir: str = ""
+    # A fetch or push taking longer is killed (and retried next cycle).
+    timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -311,6 +313,9 @@ def load_text(
         raise ConfigError([f"{source}:{line}: (yaml): {exc.problem or exc}"]) from None
     except YAMLError as exc:
         raise ConfigError([f"{source}:1: (yaml): {exc}"]) from None
+    except RecursionError:
+        # ruamel recurses once per nesting level; a traceback is not an error message.
+        raise ConfigError([f"{source}:1: (yaml): the YAML nests too deeply to be read"]) from None
     r = _Reader(source)
     top = r.mapping(
         root,
@@ -407,7 +412,11 @@ def load_text(
             registries.append(registry)
 
     git_node = r.mapping(
-        top.get("git"), "git", {"url", "branches", "files", "author", "workdir"}, top, "git"
+        top.get("git"),
+        "git",
+        {"url", "branches", "files", "author", "workdir", "timeout"},
+        top,
+        "git",
     )
     author_node = r.mapping(
         git_node.get("author"), "git.author", {"name", "email"}, git_node, "author"
@@ -421,6 +430,7 @@ def load_text(
             email=r.get(author_node, "email", "git.author", _nonempty_str, Author.email),
         ),
         workdir=r.get(git_node, "workdir", "git", _str, ""),
+        timeout=r.get(git_node, "timeout", "git", _duration, 60.0),
     )
     if environ.get("WATCHER_GIT_URL"):
         git = replace(git, url=environ["WATCHER_GIT_URL"])

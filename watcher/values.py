@@ -99,7 +99,13 @@ def _tag(node: Node) -> str:
 def _compose(text: str) -> list[Any]:
     yaml = YAML(typ="rt")
     yaml.version = (1, 1)
-    return list(yaml.compose_all(text))
+    try:
+        return list(yaml.compose_all(text))
+    except RecursionError:
+        # ruamel's parser and composer recurse once per nesting level: a file nested a
+        # few hundred levels deep (`[[[[...`) would otherwise end discovery, and the
+        # daemon with it, on a RecursionError. It is bad input like any syntax error.
+        raise YAMLError("the YAML nests too deeply to be read") from None
 
 
 def _error_problem(exc: YAMLError) -> BlockProblem:
