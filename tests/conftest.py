@@ -205,6 +205,8 @@ class RedisServer:
                 str(self.dir),
                 "--loglevel",
                 "warning",
+                "--enable-debug-command",
+                "local",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

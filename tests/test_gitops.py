@@ -404,6 +404,32 @@ def test_rejecting_remote_is_an_error_with_updates_pending(
     assert remote.head(BRANCH) == head
 
 
+def test_branch_moving_during_the_remote_ref_update_is_a_conflict_retried(
+    mirror: GitMirror, remote: GitRemote
+) -> None:
+    """Promise: never lose a person's commit, even one landing inside our push.
+
+    Two pushers at the same instant: the remote's ref moves between its checks
+    and its update, and git answers "cannot lock ref ... but expected". That is
+    a moved branch (fetch, re-apply, retry), not a refusal to wait a cycle out.
+    """
+    hook = remote.path / "hooks" / "update"
+    hook.write_text(
+        "#!/bin/sh\n"
+        "[ -f moved ] && exit 0\n"
+        "touch moved\n"
+        'c=$(git -c user.name=P -c user.email=p@x commit-tree "$2^{tree}" -p "$2" -m person)\n'
+        'git update-ref "$1" "$c" "$2"\n'
+    )
+    hook.chmod(0o755)
+    updates = [update(("web", "image"), D1, D2)]
+    outcome = BranchWriter(mirror, BRANCH, backoff=0.01).write(updates)
+    assert outcome.result == "committed", outcome
+    assert outcome.attempts == 2
+    assert "person" in [line.split(" ", 1)[1] for line in remote.log(BRANCH)]
+    assert D2 in remote.read(BRANCH, "values.yaml")
+
+
 def test_unreadable_files_drop_their_updates_only(remote: GitRemote, tmp_path: Path) -> None:
     remote.commit(
         BRANCH,

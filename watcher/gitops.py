@@ -9,10 +9,13 @@ compare-and-swap on the branch.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import random
 import re
+import signal
+import subprocess
 import tempfile
 import threading
 import time
@@ -35,6 +38,8 @@ _TRACKING = f"refs/remotes/{_REMOTE}/"
 _CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
 # A push that lost the race: the branch moved since our parent was read.
 _CONFLICT_MARKERS = ("non-fast-forward", "fetch first", "stale info", "[rejected]")
+# How long a fetch or push may take before it is killed (``git.timeout``).
+DEFAULT_TIMEOUT = 60.0
 
 
 class GitError(Exception):
@@ -89,10 +94,17 @@ class GitMirror:
     a path someone mistyped, and deleting it is not ours to decide.
     """
 
-    def __init__(self, url: str, workdir: Path, author: Author) -> None:
+    def __init__(
+        self, url: str, workdir: Path, author: Author, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
         self.url = url
         self.workdir = Path(workdir)
         self.author = author
+        self.timeout = timeout
+        # git processes talking to the remote, so that stop can end them (abort()).
+        self._network_procs: set[subprocess.Popen[bytes]] = set()
+        self._procs_lock = threading.Lock()
+        self._aborted = False
         # Concurrent git processes on one repository fight over ref and index locks.
         self._lock = threading.RLock()
         self._repo: git.Repo | None = None
@@ -142,10 +154,74 @@ class GitMirror:
         except GitCommandError as exc:
             raise GitError(redact(f"git {args[0]}: {_describe(exc)}")) from None
 
+    def _network(self, *args: str) -> tuple[int, str]:
+        """Run a git command that talks to the remote: (exit status, redacted output).
+
+        Unlike ``_run`` it has a deadline. A remote that accepts the connection and then
+        never answers (a hung server, a stalled hook, a black-holed network) would
+        otherwise hold the branch writer, and SIGTERM, forever: the thread blocked in it
+        cannot be cancelled. Each command runs in its own process group so that the
+        timeout, or ``abort()``, also ends the helpers git starts (ssh, remote-https,
+        receive-pack and its hooks for a local remote).
+        """
+        self._open()
+        with self._procs_lock:
+            if self._aborted:
+                # Stopping: a writer that was waiting for the lock must not start a
+                # push that would keep the process alive after the one just killed.
+                return -1, f"git {args[0]}: not started, the process is stopping"
+        env = {
+            **os.environ,
+            "GIT_DIR": str(self.workdir),
+            "GIT_TERMINAL_PROMPT": "0",
+            "LANGUAGE": "C",
+            "LC_ALL": "C",
+        }
+        proc = subprocess.Popen(
+            ["git", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=self.workdir,
+            start_new_session=True,
+        )
+        with self._procs_lock:
+            self._network_procs.add(proc)
+            aborted = self._aborted
+        if aborted:  # abort() came between the check above and the start
+            _kill_group(proc)
+        try:
+            try:
+                out, err = proc.communicate(timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                proc.communicate()
+                return -1, f"git {args[0]}: timed out after {self.timeout:g}s (git.timeout)"
+        finally:
+            with self._procs_lock:
+                self._network_procs.discard(proc)
+        text = f"{out.decode('utf-8', 'replace')}\n{err.decode('utf-8', 'replace')}".strip()
+        if proc.returncode < 0:
+            text = f"git {args[0]}: killed ({text})" if text else f"git {args[0]}: killed"
+        return proc.returncode, redact(text)
+
+    def abort(self) -> None:
+        """End every fetch and push in flight, and refuse new ones (at shutdown)."""
+        with self._procs_lock:
+            self._aborted = True
+            procs = list(self._network_procs)
+        for proc in procs:
+            _kill_group(proc)
+
     def fetch(self) -> None:
         """Bring every remote branch into ``refs/remotes/origin/*``, pruning deleted ones."""
         with self._lock:
-            self._run("fetch", "--prune", "--quiet", "--no-tags", _REMOTE, _REFSPEC)
+            status, output = self._network(
+                "fetch", "--prune", "--quiet", "--no-tags", _REMOTE, _REFSPEC
+            )
+        if status != 0:
+            raise GitError(f"git fetch: {' '.join(output.split()) or f'exit status {status}'}")
 
     def branches(self, globs: Sequence[str]) -> dict[str, str]:
         """Remote branch name -> commit sha, for branches matching any glob."""
@@ -266,13 +342,9 @@ class GitMirror:
         return modes
 
     def _push(self, branch: str, sha: str) -> PushResult:
-        repo = self._open()
-        status, stdout, stderr = repo.git.execute(
-            ["git", "push", "--porcelain", _REMOTE, f"{sha}:refs/heads/{branch}"],
-            with_extended_output=True,
-            with_exceptions=False,
+        status, output = self._network(
+            "push", "--porcelain", _REMOTE, f"{sha}:refs/heads/{branch}"
         )
-        output = redact(f"{stdout}\n{stderr}".strip())
         if status == 0:
             # Our own commit is the new head: no need to wait for the next fetch to see it.
             self._run("update-ref", f"{_TRACKING}{branch}", sha)
@@ -280,7 +352,18 @@ class GitMirror:
         summary = _summary(output)
         if "remote rejected" not in output and any(m in output for m in _CONFLICT_MARKERS):
             return PushResult("conflict", summary, sha)
+        if "cannot lock ref" in output and "but expected" in output:
+            # Another pusher updated the branch between the remote's check and
+            # its ref update (two replicas at once): the branch moved, which is
+            # a conflict to fetch and re-apply, not a refusal to wait out.
+            return PushResult("conflict", summary, sha)
         return PushResult("error", summary, sha)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _describe(exc: GitCommandError) -> str:

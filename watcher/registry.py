@@ -497,7 +497,14 @@ class RegistryClient:
             ) as response:
                 code = response.status
                 body = await response.read()
-                link = response.links.get("next")
+                try:
+                    link = response.links.get("next")
+                except ValueError:
+                    # yarl refuses some Link targets (a port above 65535, ...) with a
+                    # ValueError that no caller expects: it is a bad answer.
+                    raise BadResponse(
+                        f"{method} {self._shown(url)}: unreadable Link header", url=self._shown(url)
+                    ) from None
                 next_url = link.get("url") if link is not None else None
                 return _Response(
                     status=response.status,
