@@ -17,7 +17,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import aiohttp
+
 from tests.conftest import RedisServer, free_port, make_remote
+from watcher.config import load
 from watcher.emulator import EmulatorSettings, GoogleRegistryEmulator, LoggedRequest
 
 INTERVAL = 1.0
@@ -111,6 +114,16 @@ async def replicas(
     assert codes == [0] * len(running), f"replicas did not stop cleanly: {codes}"
 
 
+async def scrape_metrics(proc: subprocess.Popen[bytes]) -> str:
+    """The /metrics text of a daemon started by ``spawn``."""
+    config = load(str(proc.args[-1]), environ={})  # type: ignore[index]
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{config.server.port}/metrics") as response,
+    ):
+        return await response.text()
+
+
 def listings(log: list[LoggedRequest]) -> list[LoggedRequest]:
     return [e for e in log if e.kind == "tags_list"]
 
@@ -168,11 +181,16 @@ async def test_redis_down_keeps_the_cap_and_the_work(
     """Promise: never over the quota, even while Redis is down or comes back empty."""
     async with emulator(40) as emu:
         config = write_config(tmp_path, emu, redis_server, 40, shards=6)
-        async with replicas(tmp_path, config, 3):
+        async with replicas(tmp_path, config, 3) as procs:
             await asyncio.sleep(8)
             redis_server.stop()
             down = time.monotonic()
-            await asyncio.sleep(6)
+            await asyncio.sleep(3)
+            # The daemons say so: a metric per budget (and keep working, below).
+            for proc in procs:
+                scrape = await scrape_metrics(proc)
+                assert 'image_watcher_budget_degraded{budget="gcr"} 1.0' in scrape
+            await asyncio.sleep(3)
             redis_server.start()  # empty: no persistence
             up = time.monotonic()
             await asyncio.sleep(8)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar, cast
@@ -24,7 +25,7 @@ from watcher.config import Config, Limit, RegistryConfig
 from watcher.discovery import FoundBlock
 from watcher.google import ExtensionError, GoogleTokenSource, facts_from_pages
 from watcher.metrics import Metrics
-from watcher.references import ImageName
+from watcher.references import ImageName, is_digest
 from watcher.registry import (
     BadResponse,
     NotFound,
@@ -114,6 +115,8 @@ class Lookups:
         self.google_tokens = GoogleTokenSource()
         self._inflight: dict[tuple[str, str, str], asyncio.Future[Any]] = {}
         self._throttle: dict[str, float] = {}
+        # Per budget: when the back-off this process asked for last ends (monotonic).
+        self._throttled_until: dict[str, float] = {}
         # Creation time by digest: immutable content, so cached forever.
         self.times: dict[str, float] = {}
         # What each v2 newest candidate tag resolved to last time: a tag that still
@@ -151,6 +154,9 @@ class Lookups:
             used = getattr(budget, "used", None)
             if callable(used):
                 metrics.budget_window_used.labels(limit.name).set(used())
+            metrics.budget_degraded.labels(limit.name).set(
+                1 if getattr(budget, "degraded", False) else 0
+            )
 
         def on_request(record: RequestRecord) -> None:
             metrics.registry_requests.labels(
@@ -173,11 +179,20 @@ class Lookups:
     async def _throttled(self, registry: RegistryConfig, exc: Throttled) -> None:
         """A 429 pauses the whole budget: Retry-After if given, else doubling back-off."""
         limit = self._config.limit_for(registry)
+        now = time.monotonic()
         if exc.retry_after is not None:
             pause = exc.retry_after
+        elif now < self._throttled_until.get(limit.name, 0.0):
+            # A look-up sent before the current pause began, answered 429 now: the same
+            # throttling, not a new one. Doubling here made one 429 burst over 16
+            # look-ups in flight pause every replica for THROTTLE_MAX (300 s).
+            return
         else:
             pause = min(THROTTLE_MAX, self._throttle.get(limit.name, THROTTLE_FIRST / 2) * 2)
             self._throttle[limit.name] = pause
+        self._throttled_until[limit.name] = max(
+            self._throttled_until.get(limit.name, 0.0), now + pause
+        )
         await self.budget(limit).pause(pause)
         self._metrics.budget_paused.labels(limit.name).inc(pause)
         log.warning("registry throttled", registry=registry.host, budget=limit.name, pause=pause)
@@ -389,16 +404,27 @@ class Lookups:
                     lambda: client.manifest(image, digest),
                 )
             )[0]
+        # The manifest is the registry's word: a child or config entry of the wrong
+        # shape, or without a valid digest, is a bad answer for this digest (noted and
+        # skipped), never an AttributeError or a ReferenceError that ends the shard.
         document = json.loads(bodies[digest])
+        if not isinstance(document, dict):
+            raise BadResponse(f"{image}@{digest}: manifest is not a JSON object")
         if "manifests" in document:
             # An index has no config; take its first child's (all are one build).
             children = document.get("manifests") or []
-            if not children:
+            if not isinstance(children, list) or not children:
                 return None
-            return await self._config_time(client, image, str(children[0].get("digest")), bodies)
-        config = document.get("config") or {}
+            child = children[0].get("digest") if isinstance(children[0], dict) else None
+            if not isinstance(child, str) or not is_digest(child) or child == digest:
+                raise BadResponse(f"{image}@{digest}: index child without a valid digest")
+            return await self._config_time(client, image, child, bodies)
+        config = document.get("config")
+        config_digest = config.get("digest") if isinstance(config, dict) else None
+        if not isinstance(config_digest, str) or not is_digest(config_digest):
+            raise BadResponse(f"{image}@{digest}: manifest without a valid config digest")
         blob = await self._once(
-            (client.host, str(image), f"blob:{config.get('digest')}"),
-            lambda: client.blob(image, str(config.get("digest"))),
+            (client.host, str(image), f"blob:{config_digest}"),
+            lambda: client.blob(image, config_digest),
         )
         return parse_created(blob)

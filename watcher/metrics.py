@@ -47,6 +47,12 @@ class Metrics:
             buckets=(0, 0.01, 0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 600),
             registry=r,
         )
+        self.budget_degraded = Gauge(
+            P + "budget_degraded",
+            "1 while the shared budget's Redis is unreachable and a local share is used.",
+            ["budget"],
+            registry=r,
+        )
         self.budget_paused = Counter(
             P + "budget_paused_seconds_total",
             "Seconds the budget was paused after a 429.",

@@ -15,14 +15,14 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 
 import aiohttp
 import redis.asyncio as aioredis
 import structlog
 
-from watcher.blocks import BlockId, Update
+from watcher.blocks import BlockId, Edit, Update
 from watcher.budget import Budget
 from watcher.budget_redis import budgets_for
 from watcher.cache import SharedCache
@@ -42,7 +42,9 @@ log = structlog.get_logger()
 # that the budget, not the socket count, decides the pace.
 CONCURRENCY = 16
 # SIGTERM must end the process within 10 s; a push in flight gets this long.
-STOP_GRACE = 8.0
+# Then it is killed (up to 1 s to reap it) and the process still has to close
+# Redis, the HTTP server and the interpreter: 8 s left too little of the 10.
+STOP_GRACE = 6.0
 # Share of the interval over which a taken-over shard's first sweep runs.
 TAKEOVER_SPAN = 0.25
 # Updates for one branch arriving within this long (at most interval/20) go
@@ -73,7 +75,9 @@ class Watcher:
         self.config = config
         self.metrics = metrics or Metrics()
         self._environ = os.environ if environ is None else environ
-        self.mirror = GitMirror(config.git.url, config.workdir, config.git.author)
+        self.mirror = GitMirror(
+            config.git.url, config.workdir, config.git.author, timeout=config.git.timeout
+        )
         self.discovery = Discovery(config, self.mirror)
         self._writers: dict[str, BranchWriter] = {}
         # Updates a failed push left behind, retried with the next batch.
@@ -85,9 +89,13 @@ class Watcher:
         self._watch_ready = asyncio.Event()
         self._queues: dict[str, asyncio.Queue[tuple[Update, int, int | None]]] = {}
         self._write_tasks: dict[str, asyncio.Task[None]] = {}
-        self._writing: dict[str, bool] = {}
+        # The write (commit and push, in a thread) each branch has in flight.
+        self._flights: dict[str, asyncio.Future[WriteOutcome]] = {}
         self._group: asyncio.TaskGroup
         self._git_problem: str | None = "the git remote has not been read yet"
+        # Values our commits wrote since the last discovery, with the commit each
+        # went on top of: block -> (edit, parent commit).
+        self._written: dict[BlockId, tuple[Edit, str]] = {}
 
     async def __aenter__(self) -> Watcher:
         session = await self._stack.enter_async_context(
@@ -171,10 +179,29 @@ class Watcher:
         self.metrics.image_blocks.set(watch.block_count)
         return watch
 
+    def _as_written(self, blocks: Sequence[FoundBlock]) -> list[FoundBlock]:
+        """The blocks as this process's own commits left them, newer than discovery's view."""
+        if not self._written:
+            return list(blocks)
+        current = []
+        for block in blocks:
+            written = self._written.get(block.id)
+            if written is not None:
+                edit = written[0]
+                raw = (
+                    replace(block.raw, shasum=edit.new)
+                    if edit.field == "shasum"
+                    else replace(block.raw, override_tag=edit.new)
+                )
+                block = replace(block, raw=raw)
+            current.append(block)
+        return current
+
     async def check_image(
         self, image: ImageName, blocks: Sequence[FoundBlock]
     ) -> tuple[list[Update], list[tuple[BlockId, str]]]:
         """Look one image up and decide every block that follows it."""
+        blocks = self._as_written(blocks)
         facts, notes = await self.lookups.facts(image, blocks)
         for note in notes:
             log.info("registry answer left out", image=str(image), reason=note)
@@ -321,9 +348,21 @@ class Watcher:
             discovery.cancel()
             manager.cancel()
             writing = [t for t in self._write_tasks.values() if not t.done()]
-            if any(self._writing.values()):
+            # Wait for the writes in flight, not for the writer tasks: those loop
+            # forever, so waiting on them always cost the whole grace period.
+            flights = [f for f in self._flights.values() if not f.done()]
+            if flights:
                 log.info("stopping: finishing the write in flight")
-                await asyncio.wait(writing, timeout=STOP_GRACE)
+                await asyncio.wait(flights, timeout=STOP_GRACE)
+            if any(not f.done() for f in flights):
+                # The push outlived the grace: kill it. Its thread cannot be
+                # cancelled, and asyncio.run waits for it, so a hung remote
+                # would otherwise keep the process past Kubernetes' 10 s. A
+                # push killed midway either landed or did not; both are safe
+                # (the next run decides again from the branch as it is).
+                log.warning("stopping: the write in flight did not finish; aborting it")
+                self.mirror.abort()
+                await asyncio.wait(flights, timeout=1.0)
             for task in writing:
                 task.cancel()
 
@@ -333,14 +372,20 @@ class Watcher:
         while not stop.is_set():
             try:
                 self._set_watch(await self.discover())
-            except (GitError, OSError) as exc:
-                # The last watch set stays in use; readiness says what is wrong.
+            except Exception as exc:
+                # Any failure (git, or a file no check foresaw): the last watch set
+                # stays in use; readiness says what is wrong. Never the end of the loop.
                 self.metrics.errors.labels("discovery").inc()
                 log.error("discovery failed", reason=str(exc))
             tick = max(tick + 1, math.ceil((loop.time() - origin) / self.config.interval))
             await _sleep_until(origin + tick * self.config.interval, stop)
 
     def _set_watch(self, watch: WatchSet) -> None:
+        # What we wrote is in this watch set once its branch is no longer at the
+        # commit our write went on top of (ours landed, or more did after it).
+        for block, (_, parent) in list(self._written.items()):
+            if watch.branches.get(block.branch) != parent:
+                del self._written[block]
         by_shard: dict[int, list[tuple[ImageName, list[FoundBlock]]]] = defaultdict(list)
         for image, blocks in watch.images.items():
             by_shard[shard_of(image, self.config.shards)].append((image, blocks))
@@ -399,6 +444,18 @@ class Watcher:
                     self.metrics.errors.labels("registry").inc()
                     log.warning("image skipped", image=str(image), shard=shard, reason=str(exc))
                     continue
+                except Exception as exc:
+                    # A bug or an answer no check foresaw, for one image: skip that
+                    # image this sweep. Letting it out would end the TaskGroup, and
+                    # with it every shard and the process.
+                    self.metrics.errors.labels("internal").inc()
+                    log.error(
+                        "image check failed",
+                        image=str(image),
+                        shard=shard,
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                    continue
                 fence = self.membership.fence(shard)
                 for update in updates:
                     self._queue(update, shard, fence)
@@ -407,8 +464,16 @@ class Watcher:
             self.metrics.last_cycle.labels(str(shard)).set(time.time())
             if images:
                 log.info("sweep done", shard=shard, images=len(images), seconds=round(seconds, 3))
-            tick = max(tick + 1, math.ceil((loop.time() - origin) / interval))
             span = interval
+            if loop.time() > origin + (tick + 1) * interval:
+                # The sweep overran (the budget held it back: demand above the
+                # cap). Waiting for the next tick of the grid would leave the
+                # budget idle and then check images twice in quick succession;
+                # start again at once, on a new grid, so the interval stretches
+                # evenly instead.
+                origin, tick = loop.time(), 0
+                continue
+            tick += 1
             await _sleep_until(origin + tick * interval, stop)
 
     # --- write-back in the daemon: one writer task per branch --------------------------
@@ -455,24 +520,25 @@ class Watcher:
             batch = list(self.pending[branch].values())
             if not batch:
                 continue
-            self._writing[branch] = True
+            flight = self._flights[branch] = asyncio.ensure_future(
+                asyncio.to_thread(self._branch_writer(branch).write, batch)
+            )
             try:
-                outcome = await asyncio.shield(
-                    asyncio.to_thread(self._branch_writer(branch).write, batch)
-                )
+                outcome = await asyncio.shield(flight)
             except GitError as exc:
                 self.metrics.git_push.labels("error").inc()
                 self.metrics.errors.labels("git").inc()
                 log.error("write-back failed", branch=branch, reason=str(exc))
                 continue
-            finally:
-                self._writing[branch] = False
             self._account(branch, outcome)
-            if outcome.result == "committed":
-                # Shards must decide from the branch as we just left it, not
-                # as of the last fetch: an update decided against the older
-                # value would read as a person's edit and be dropped.
-                self._set_watch(await self.discover(fetch=False, log_problems=False))
+            if outcome.result == "committed" and outcome.parent is not None:
+                # Shards must decide from the branch as we just left it, not as of
+                # the last discovery: an update decided against the older value
+                # would read as a person's edit and be dropped. Remembering what
+                # we wrote costs nothing; re-reading every branch after every
+                # commit cost most of the write path's time.
+                for update in outcome.applied:
+                    self._written[update.block] = (update.edit, outcome.parent)
             for block in list(fences):
                 if block not in self.pending[branch]:
                     del fences[block]
