@@ -552,7 +552,7 @@ git:
 
 # --- the extension parser, on the recorded shapes ------------------------------------------------
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def fixture(name: str) -> dict[str, Any]:
