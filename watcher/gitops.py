@@ -304,7 +304,9 @@ class GitMirror:
                 sha = self._commit(parent, changes, message)
             except GitError as exc:
                 return PushResult("error", str(exc))
-            return self._push(branch, sha)
+        # The push is network time, outside the lock: writers of different
+        # branches push in parallel instead of queueing behind each other.
+        return self._push(branch, sha)
 
     def _commit(self, parent: str, changes: Mapping[str, bytes], message: str) -> str:
         author = {
@@ -342,12 +344,16 @@ class GitMirror:
         return modes
 
     def _push(self, branch: str, sha: str) -> PushResult:
+        # To the URL, not the remote's name: git then leaves refs/remotes/ alone
+        # (its own update there could race a fetch now that pushes run unlocked);
+        # ours is below, under the lock.
         status, output = self._network(
-            "push", "--porcelain", _REMOTE, f"{sha}:refs/heads/{branch}"
+            "push", "--porcelain", self.url, f"{sha}:refs/heads/{branch}"
         )
         if status == 0:
             # Our own commit is the new head: no need to wait for the next fetch to see it.
-            self._run("update-ref", f"{_TRACKING}{branch}", sha)
+            with self._lock:
+                self._run("update-ref", f"{_TRACKING}{branch}", sha)
             return PushResult("ok", "", sha)
         summary = _summary(output)
         if "remote rejected" not in output and any(m in output for m in _CONFLICT_MARKERS):
