@@ -436,29 +436,18 @@ class Watcher:
             started = origin + tick * interval
             images = self._by_shard.get(shard, [])
             slot = span / max(1, len(images))
-            for index, (image, blocks) in enumerate(images):
-                await _sleep_until(started + (index + phase) * slot, stop)
-                try:
-                    updates, _ = await self.check_image(image, blocks)
-                except LookupFailed as exc:
-                    self.metrics.errors.labels("registry").inc()
-                    log.warning("image skipped", image=str(image), shard=shard, reason=str(exc))
-                    continue
-                except Exception as exc:
-                    # A bug or an answer no check foresaw, for one image: skip that
-                    # image this sweep. Letting it out would end the TaskGroup, and
-                    # with it every shard and the process.
-                    self.metrics.errors.labels("internal").inc()
-                    log.error(
-                        "image check failed",
-                        image=str(image),
-                        shard=shard,
-                        error=f"{type(exc).__name__}: {exc}",
-                    )
-                    continue
-                fence = self.membership.fence(shard)
-                for update in updates:
-                    self._queue(update, shard, fence)
+            # Each image's check starts at its slot without waiting for the one
+            # before: under demand above the cap every image then queues for the
+            # budget (first come, first served) once per sweep, so the interval
+            # stretches evenly per image, whatever the shards' sizes. Awaiting
+            # the checks one by one gave small shards as many requests as big
+            # ones: their images were checked twice as often.
+            async with asyncio.TaskGroup() as sweep:
+                for index, (image, blocks) in enumerate(images):
+                    await _sleep_until(started + (index + phase) * slot, stop)
+                    if stop.is_set():
+                        break
+                    sweep.create_task(self._check_in_shard(shard, image, blocks))
             seconds = loop.time() - started
             self.metrics.cycle_seconds.labels(str(shard)).observe(seconds)
             self.metrics.last_cycle.labels(str(shard)).set(time.time())
@@ -475,6 +464,31 @@ class Watcher:
                 continue
             tick += 1
             await _sleep_until(origin + tick * interval, stop)
+
+    async def _check_in_shard(
+        self, shard: int, image: ImageName, blocks: Sequence[FoundBlock]
+    ) -> None:
+        try:
+            updates, _ = await self.check_image(image, blocks)
+        except LookupFailed as exc:
+            self.metrics.errors.labels("registry").inc()
+            log.warning("image skipped", image=str(image), shard=shard, reason=str(exc))
+            return
+        except Exception as exc:
+            # A bug or an answer no check foresaw, for one image: skip that image
+            # this sweep. Letting it out would end the sweep's TaskGroup, and with
+            # it every shard and the process.
+            self.metrics.errors.labels("internal").inc()
+            log.error(
+                "image check failed",
+                image=str(image),
+                shard=shard,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            return
+        fence = self.membership.fence(shard)
+        for update in updates:
+            self._queue(update, shard, fence)
 
     # --- write-back in the daemon: one writer task per branch --------------------------
 
