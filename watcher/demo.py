@@ -206,8 +206,9 @@ def _show_new_commits(bare: Path, before: dict[str, str]) -> None:
             say(f"  {branch}: no new commit")
             continue
         say(f"  {branch}:")
-        log = _git(bare, "log", "--format=    %h %s (%an)", f"{before[branch]}..{branch}")
-        say(log)
+        log = _git(bare, "log", "--format=%h %s (%an)", f"{before[branch]}..{branch}")
+        for line in log.splitlines():
+            say(f"    {line}")
         diff = _git(bare, "diff", "--unified=0", before[branch], branch)
         for line in diff.splitlines():
             if line.startswith(("+++", "-", "+")) and not line.startswith("---"):
@@ -254,12 +255,19 @@ def demo(workdir_arg: str | None, *, keep: bool = False) -> int:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+            # The first sweep: every block of both branches followed (the worker
+            # block picks the branch build already pushed).
             took = _wait(
-                "the first commits",
-                lambda: all(_heads(bare)[b] != before[b] for b in ENVIRONMENTS),
+                "the first sweep's commits",
+                lambda: (
+                    all(_heads(bare)[b] != before[b] for b in ENVIRONMENTS)
+                    and "fixes_TECH-2783"
+                    in _git(bare, "show", "environment/b2c1:apps/worker/values.yaml")
+                    and "shasum" in _git(bare, "show", "environment/b2c1:apps/web/values.yaml")
+                ),
                 60,
             )
-            say(f"\nfirst cycle: commits landed within {took:.1f}s")
+            say(f"\nfirst sweep: every block followed within {took:.1f}s")
             _show_new_commits(bare, before)
 
             before = _heads(bare)
