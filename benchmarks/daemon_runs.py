@@ -28,6 +28,7 @@ from benchmarks.workload import (
 )
 from watcher import config as watcher_config
 from watcher.emulator import EmulatorSettings, GoogleRegistryEmulator, LoggedRequest
+from watcher.services import RedisServer, free_port
 
 OURS = "127.0.0.1"
 BASELINE = "127.0.0.2"
@@ -122,7 +123,7 @@ def config_text(
         "git:\n"
         f"  url: file://{remote}\n"
         '  files: ["apps/*/values.yaml"]\n'
-        f"server: {{port: {infra.free_port()}}}\n"
+        f"server: {{port: {free_port()}}}\n"
     )
 
 
@@ -166,14 +167,14 @@ async def run(
         quota_window=comp.window,
         token_ttl=REAL_TOKEN_TTL / comp.factor,
     )
-    redis: infra.RedisServer | None = None
+    redis: RedisServer | None = None
     daemons: list[infra.Daemon] = []
     baseline_proc: subprocess.Popen[bytes] | None = None
     async with GoogleRegistryEmulator(settings) as emu:
         state: RegistryState = seed_registry(emu, load, rng)
         remote = infra.make_remote(workdir, files(emu.host, load, state))
         if replicas > 1:
-            redis = infra.RedisServer(workdir / "redis")
+            redis = RedisServer(workdir / "redis")
             redis.start()
         try:
             configs = []

@@ -4,74 +4,33 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+# The local services are the product's own runners (the demo and the
+# benchmarks use them too); tests import them from here as well.
+from watcher.services import DockerRegistry, RedisServer, free_port
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_http(url: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError as exc:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{url} did not answer within {timeout}s: {exc}") from exc
-            time.sleep(0.05)
-
-
-@dataclass
-class DockerRegistry:
-    """A running Debian docker-registry (distribution 2.8) on 127.0.0.1."""
-
-    host: str  # "127.0.0.1:PORT", the registry part of image names
-    root: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}"
+__all__ = ["DockerRegistry", "RedisServer", "free_port"]
 
 
 @pytest.fixture
 def docker_registry(tmp_path: Path) -> Iterator[DockerRegistry]:
-    binary = shutil.which("docker-registry")
-    if binary is None:
-        pytest.fail("docker-registry is not installed: run .ci/install")
-    port = free_port()
-    root = tmp_path / "registry"
-    root.mkdir()
-    config = tmp_path / "registry.yml"
-    config.write_text(
-        "version: 0.1\n"
-        "log: {level: error}\n"
-        f"storage: {{filesystem: {{rootdirectory: {root}}}, delete: {{enabled: true}}}}\n"
-        f"http: {{addr: '127.0.0.1:{port}'}}\n"
-    )
-    log = open(tmp_path / "registry.log", "wb")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    """Debian's docker-registry (distribution 2.8) on a free loopback port."""
+    registry = DockerRegistry(tmp_path / "registry")
     try:
-        wait_http(f"http://127.0.0.1:{port}/v2/")
-        yield DockerRegistry(host=f"127.0.0.1:{port}", root=root)
+        registry.start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield registry
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        registry.stop()
 
 
 GIT_ENV = {
@@ -173,74 +132,13 @@ def make_remote(
     return remote
 
 
-@dataclass
-class RedisServer:
-    """A real redis-server on a free port that a test may stop and start again."""
-
-    port: int
-    dir: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server is not installed: run .ci/install")
-        # No persistence: a restart comes back empty, the worst case.
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.dir),
-                "--loglevel",
-                "warning",
-                "--enable-debug-command",
-                "local",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(5)
-            self.proc = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    directory = tmp_path / "redis"
-    directory.mkdir()
-    server = RedisServer(free_port(), directory)
-    server.start()
+    server = RedisServer(tmp_path / "redis")
+    try:
+        server.start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     try:
         yield server
     finally:

@@ -295,7 +295,7 @@ async def soak(
     """Run the soak under ``base`` (a scratch directory) and report its figures."""
     rng = random.Random(seed)
     report = SoakReport(intervals=intervals, replicas=replicas, interval=interval)
-    redis = RedisServer(free_port(), base / "redis")
+    redis = RedisServer(base / "redis")
     redis.dir.mkdir(parents=True, exist_ok=True)
     redis.start()
     settings = EmulatorSettings(auth_required=False, quota_requests=QUOTA, quota_window=WINDOW)

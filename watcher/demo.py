@@ -12,12 +12,10 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -26,6 +24,7 @@ from pathlib import Path
 import aiohttp
 
 from watcher.images import ImageKind, push_image
+from watcher.services import DockerRegistry
 
 INTERVAL = 3  # seconds: the demo's polling interval
 ENVIRONMENTS = ("environment/b2c1", "environment/b2b1")
@@ -41,12 +40,6 @@ GIT_ENV = {
 
 def say(text: str = "") -> None:
     print(text, flush=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _git(cwd: Path, *args: str) -> str:
@@ -72,34 +65,12 @@ def _wait(what: str, ready: Callable[[], bool], timeout: float) -> float:
 
 @contextmanager
 def _registry(workdir: Path) -> Iterator[str]:
-    binary = shutil.which("docker-registry")
-    if binary is None:
-        raise RuntimeError(
-            "docker-registry is not installed (Debian: apt-get install docker-registry)"
-        )
-    port = _free_port()
-    config = workdir / "registry.yml"
-    config.write_text(
-        "version: 0.1\nlog: {level: error}\n"
-        f"storage: {{filesystem: {{rootdirectory: {workdir / 'registry-data'}}}}}\n"
-        f"http: {{addr: '127.0.0.1:{port}'}}\n"
-    )
-    with open(workdir / "registry.log", "wb") as log:
-        proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log)
-        try:
-
-            def up() -> bool:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1):
-                        return True
-                except OSError:
-                    return False
-
-            _wait("docker-registry", up, 15)
-            yield f"127.0.0.1:{port}"
-        finally:
-            proc.terminate()
-            proc.wait(10)
+    registry = DockerRegistry(workdir / "registry")
+    registry.start()
+    try:
+        yield registry.host
+    finally:
+        registry.stop()
 
 
 async def _push(
