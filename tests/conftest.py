@@ -6,17 +6,48 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 # The local services are the product's own runners (the demo and the
 # benchmarks use them too); tests import them from here as well.
+from watcher.config import Config, load_text
 from watcher.services import DockerRegistry, RedisServer, free_port
 
 __all__ = ["DockerRegistry", "RedisServer", "free_port"]
+
+
+def watcher_config(
+    host: str, remote: GitRemote, tmp_path: Path, *, api: str = "v2", auth: str = "anonymous"
+) -> Config:
+    """The configuration the end-to-end tests run with: one local registry, plain http."""
+    return load_text(
+        f"""
+interval: 1s
+limits:
+  local: {{requests: 1000, per: 1m, headroom: 0%}}
+registries:
+  - {{host: "{host}", api: {api}, auth: {auth}, insecure: true, limit: local}}
+git:
+  url: {remote.url}
+  branches: ["environment/*"]
+  files: ["apps/*/values.yaml"]
+  author: {{name: image-watcher, email: watcher@example.com}}
+  workdir: {tmp_path / "clone"}
+""",
+        "test.yaml",
+        {},
+    )
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
 
 
 @pytest.fixture

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.conftest import DockerRegistry, GitRemote, git, make_remote
-from watcher.config import Config, load_text
+from tests.conftest import DockerRegistry, GitRemote, git, make_remote, watcher_config
+from watcher.config import Config
 from watcher.images import push_image
 from watcher.worker import Watcher
 
@@ -70,32 +69,6 @@ def skopeo_digest(registry: DockerRegistry, path: str, tag: str, tmp_path: Path)
     ).stdout.strip()
 
 
-def watcher_config(registry: DockerRegistry, remote: GitRemote, tmp_path: Path) -> Config:
-    return load_text(
-        f"""
-interval: 1s
-limits:
-  local: {{requests: 1000, per: 1m, headroom: 0%}}
-registries:
-  - {{host: "{registry.host}", api: v2, auth: anonymous, insecure: true, limit: local}}
-git:
-  url: {remote.url}
-  branches: ["environment/*"]
-  files: ["apps/*/values.yaml"]
-  author: {{name: image-watcher, email: watcher@example.com}}
-  workdir: {tmp_path / "clone"}
-""",
-        "test.yaml",
-        {},
-    )
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
 @pytest.fixture
 async def setup(
     docker_registry: DockerRegistry, session: aiohttp.ClientSession, tmp_path: Path
@@ -117,7 +90,7 @@ async def setup(
             "main": {"apps/api/values.yaml": B2C1_API.format(**fmt)},  # not an environment
         },
     )
-    return docker_registry, remote, watcher_config(docker_registry, remote, tmp_path)
+    return docker_registry, remote, watcher_config(docker_registry.host, remote, tmp_path)
 
 
 async def test_first_cycle_writes_digests_skopeo_agrees(
@@ -265,7 +238,7 @@ async def test_bad_input_is_skipped_and_the_rest_goes_on(
             "environment/b": {"apps/api/values.yaml": good},
         },
     )
-    config = watcher_config(docker_registry, remote, tmp_path)
+    config = watcher_config(docker_registry.host, remote, tmp_path)
     async with Watcher(config) as watcher:
         report = await watcher.cycle()
     problems = {(p.file, p.line) for p in report.watch.problems}

@@ -25,9 +25,9 @@ import pytest
 import structlog
 from ruamel.yaml import YAML
 
-from tests.conftest import GitRemote, make_remote
+from tests.conftest import GitRemote, make_remote, watcher_config
 from watcher import logs
-from watcher.config import Config, load_text
+from watcher.config import Config
 from watcher.emulator import EmulatorSettings, GoogleRegistryEmulator, LoggedRequest
 from watcher.google import ExtensionError, facts_from_pages
 from watcher.worker import Watcher
@@ -94,24 +94,10 @@ def read_values(remote: GitRemote, branch: str, file: str) -> dict[str, Any]:
     return data
 
 
-def config_for(emu: GoogleRegistryEmulator, remote: GitRemote, tmp_path: Path, auth: str) -> Config:
-    return load_text(
-        f"""
-interval: 1s
-limits:
-  local: {{requests: 1000, per: 1m, headroom: 0%}}
-registries:
-  - {{host: "{emu.host}", api: google, auth: {auth}, insecure: true, limit: local}}
-git:
-  url: {remote.url}
-  branches: ["environment/*"]
-  files: ["apps/*/values.yaml"]
-  author: {{name: image-watcher, email: watcher@example.com}}
-  workdir: {tmp_path / "clone"}
-""",
-        "test.yaml",
-        {},
-    )
+def google_config(
+    emu: GoogleRegistryEmulator, remote: GitRemote, tmp_path: Path, auth: str
+) -> Config:
+    return watcher_config(emu.host, remote, tmp_path, api="google", auth=auth)
 
 
 @dataclass
@@ -191,7 +177,7 @@ async def test_every_strategy_from_one_listing(mode: str, page_size: int, tmp_pa
     async with GoogleRegistryEmulator(settings) as emu:
         pushed = push_fixture_images(emu)
         remote = make_remote(tmp_path, environments(emu.host))
-        config = config_for(emu, remote, tmp_path, "anonymous")
+        config = google_config(emu, remote, tmp_path, "anonymous")
         pages = math.ceil(pushed.tags / page_size)
         assert (pages > 1) == (page_size == 3)
         async with Watcher(config) as watcher:
@@ -255,7 +241,7 @@ async def test_digest_only_costs_one_listing_per_image(mode: str, tmp_path: Path
                 for i in range(3)
             },
         )
-        async with Watcher(config_for(emu, remote, tmp_path, "anonymous")) as watcher:
+        async with Watcher(google_config(emu, remote, tmp_path, "anonymous")) as watcher:
             await watcher.cycle()
             await watcher.cycle()
     # 3 branches x 2 tags, two cycles: one listing per cycle.
@@ -274,7 +260,7 @@ async def test_newest_follows_branch_builds_as_they_are_pushed(mode: str, tmp_pa
         emu.push("team/api", SENTRY + "1111111", uploaded=T0 + timedelta(minutes=1))
         remote = make_remote(tmp_path, environments(emu.host))
         branch, file = "environment/b2c1", "apps/api/values.yaml"
-        async with Watcher(config_for(emu, remote, tmp_path, "anonymous")) as watcher:
+        async with Watcher(google_config(emu, remote, tmp_path, "anonymous")) as watcher:
             await watcher.cycle()
             assert read_values(remote, branch, file)["newest"]["overrideTag"] == SENTRY + "1111111"
 
@@ -315,7 +301,7 @@ async def test_429_pauses_the_budget_and_the_next_cycle_succeeds(
         remote = make_remote(tmp_path, environments(emu.host))
         heads = {b: remote.head(b) for b in remote.branches()}
         emu.fail_next(1, status=429, kind="tags_list")
-        async with Watcher(config_for(emu, remote, tmp_path, "anonymous")) as watcher:
+        async with Watcher(google_config(emu, remote, tmp_path, "anonymous")) as watcher:
             report = await watcher.cycle()
             throttled = [e for e in emu.log if e.status == 429]
             assert len(throttled) == 1
@@ -351,7 +337,7 @@ async def test_malformed_listing_skips_the_image_with_a_reason(
         pushed = push_fixture_images(emu)
         remote = make_remote(tmp_path, environments(emu.host))
         emu.malform_next(1, how, kind="tags_list")  # type: ignore[arg-type]
-        async with Watcher(config_for(emu, remote, tmp_path, "anonymous")) as watcher:
+        async with Watcher(google_config(emu, remote, tmp_path, "anonymous")) as watcher:
             report = await watcher.cycle()
             broken = emu.log[0].repository
             assert broken is not None
@@ -426,7 +412,7 @@ async def test_adc_tokens_cached_refreshed_before_expiry_never_logged(
         emu.push("team/api", SENTRY + "1111111")
         remote = make_remote(tmp_path, environments(emu.host))
         seen_tokens: set[str] = set()
-        async with Watcher(config_for(emu, remote, tmp_path, "google")) as watcher:
+        async with Watcher(google_config(emu, remote, tmp_path, "google")) as watcher:
             cycles: list[dict[str, int]] = []
             paths: list[list[str]] = []
             # Every token of cycle 1 was fetched before `end`: cycle 2 at once, cycle 3
@@ -478,7 +464,7 @@ async def test_adc_failure_skips_the_registry_not_the_cycle(
         emu.fail_next(None, status=403, kind="metadata")
         remote = make_remote(tmp_path, environments(emu.host))
         heads = {b: remote.head(b) for b in remote.branches()}
-        async with Watcher(config_for(emu, remote, tmp_path, "google")) as watcher:
+        async with Watcher(google_config(emu, remote, tmp_path, "google")) as watcher:
             watcher.lookups.google_tokens.failure_ttl = 0.3
             report = await watcher.cycle()
             assert set(map(str, report.failed_images)) == {

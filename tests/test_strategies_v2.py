@@ -7,17 +7,14 @@ Requests are counted from the watcher's own Prometheus counter
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from ruamel.yaml import YAML
 
-from tests.conftest import DockerRegistry, GitRemote, make_remote
-from watcher.config import Config, load_text
+from tests.conftest import DockerRegistry, GitRemote, make_remote, watcher_config
 from watcher.images import ImageKind, push_image
 from watcher.metrics import Metrics
 from watcher.worker import Watcher
@@ -69,32 +66,6 @@ def read_values(remote: GitRemote, branch: str, file: str) -> dict[str, Any]:
     return data
 
 
-def config_for(registry: DockerRegistry, remote: GitRemote, tmp_path: Path) -> Config:
-    return load_text(
-        f"""
-interval: 1s
-limits:
-  local: {{requests: 1000, per: 1m, headroom: 0%}}
-registries:
-  - {{host: "{registry.host}", api: v2, auth: anonymous, insecure: true, limit: local}}
-git:
-  url: {remote.url}
-  branches: ["environment/*"]
-  files: ["apps/*/values.yaml"]
-  author: {{name: image-watcher, email: watcher@example.com}}
-  workdir: {tmp_path / "clone"}
-""",
-        "test.yaml",
-        {},
-    )
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
 async def push(
     session: aiohttp.ClientSession,
     registry: DockerRegistry,
@@ -129,7 +100,7 @@ async def test_every_strategy_and_newest_reads_each_config_once(
         await push(session, docker_registry, build, 2)
     branch, file = "environment/b2c1", "apps/api/values.yaml"
     remote = make_remote(tmp_path, {branch: {file: VALUES.format(host=docker_registry.host)}})
-    async with Watcher(config_for(docker_registry, remote, tmp_path)) as watcher:
+    async with Watcher(watcher_config(docker_registry.host, remote, tmp_path)) as watcher:
         await watcher.cycle()
         first = requests_by_kind(watcher.metrics)
         values = read_values(remote, branch, file)
@@ -192,7 +163,7 @@ async def test_semver_and_lexical_cost_only_the_listing(
     remote = make_remote(
         tmp_path, {f"environment/e{i}": {"apps/api/values.yaml": text} for i in range(3)}
     )
-    async with Watcher(config_for(docker_registry, remote, tmp_path)) as watcher:
+    async with Watcher(watcher_config(docker_registry.host, remote, tmp_path)) as watcher:
         await watcher.cycle()
         first = requests_by_kind(watcher.metrics)
         await watcher.cycle()
@@ -221,7 +192,7 @@ async def test_digest_only_one_head_per_distinct_tag(
         for i in range(4)
     }
     remote = make_remote(tmp_path, branches)
-    async with Watcher(config_for(docker_registry, remote, tmp_path)) as watcher:
+    async with Watcher(watcher_config(docker_registry.host, remote, tmp_path)) as watcher:
         await watcher.cycle()
         first = requests_by_kind(watcher.metrics)
         await watcher.cycle()
@@ -245,7 +216,7 @@ async def test_missing_repository_fails_that_image_only(
         f"api:\n  repository: {host}/team/api\n  tag: x\n  watch: {{strategy: semver}}\n"
     )
     remote = make_remote(tmp_path, {"environment/a": {"apps/api/values.yaml": text}})
-    async with Watcher(config_for(docker_registry, remote, tmp_path)) as watcher:
+    async with Watcher(watcher_config(docker_registry.host, remote, tmp_path)) as watcher:
         report = await watcher.cycle()
     assert {str(image) for image in report.failed_images} == {
         f"{host}/team/gone",
