@@ -92,6 +92,7 @@ class Watcher:
         # The write (commit and push, in a thread) each branch has in flight.
         self._flights: dict[str, asyncio.Future[WriteOutcome]] = {}
         self._group: asyncio.TaskGroup
+        self._stop: asyncio.Event | None = None
         self._git_problem: str | None = "the git remote has not been read yet"
         # Values our commits wrote since the last discovery, with the commit each
         # went on top of: block -> (edit, parent commit).
@@ -339,6 +340,7 @@ class Watcher:
         skips the ticks it missed instead of piling up. On stop, look-ups end
         at once; a write in flight gets the grace period to land.
         """
+        self._stop = stop
         async with asyncio.TaskGroup() as group:
             self._group = group
             group.create_task(self.membership.run(stop))
@@ -363,8 +365,15 @@ class Watcher:
                 log.warning("stopping: the write in flight did not finish; aborting it")
                 self.mirror.abort()
                 await asyncio.wait(flights, timeout=1.0)
+            # A writer whose write just landed must not start another (its
+            # thread would outlive the process's 10 s): new fetches and pushes
+            # are refused from here on, and the writers end.
+            self.mirror.abort()
             for task in writing:
                 task.cancel()
+
+    def _stop_requested(self) -> bool:
+        return self._stop is not None and self._stop.is_set()
 
     async def _discovery_loop(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -534,6 +543,9 @@ class Watcher:
             batch = list(self.pending[branch].values())
             if not batch:
                 continue
+            if self._stop_requested():
+                # Stopping: only the write already in flight may finish.
+                return
             flight = self._flights[branch] = asyncio.ensure_future(
                 asyncio.to_thread(self._branch_writer(branch).write, batch)
             )
