@@ -77,7 +77,10 @@ def facts_from_pages(pages: Iterable[dict[str, Any]]) -> tuple[ImageFacts, list[
         manifest = page.get("manifest")
         if not isinstance(manifest, dict):
             raise ExtensionError(f"page {index + 1}: no Google 'manifest' map in tags/list")
-        for tag in page.get("tags") or ():
+        page_tags = page.get("tags") or ()
+        if not isinstance(page_tags, list | tuple):
+            raise ExtensionError(f"page {index + 1}: 'tags' is not a list")
+        for tag in page_tags:
             if is_tag(tag):
                 listed.add(tag)
         for digest, entry in manifest.items():
