@@ -27,8 +27,8 @@ from benchmarks.workload import (
     seed_registry,
 )
 from watcher import config as watcher_config
-from watcher.emulator import EmulatorSettings, GoogleRegistryEmulator, LoggedRequest
-from watcher.services import RedisServer, free_port
+from watcher_testing.emulator import EmulatorSettings, GoogleRegistryEmulator, LoggedRequest
+from watcher_testing.services import RedisServer, free_port
 
 OURS = "127.0.0.1"
 BASELINE = "127.0.0.2"
@@ -429,6 +429,6 @@ def request_figures(
 
 
 def infra_max_in_window(times: list[float], window: float) -> int:
-    from watcher.emulator import max_in_window
+    from watcher_testing.emulator import max_in_window
 
     return max_in_window(times, window)

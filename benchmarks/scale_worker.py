@@ -1,4 +1,4 @@
-"""The scale scenario's measured process: ``Watcher`` cycles in-process, the real code path.
+"""The scale scenario's measured process: ``Engine`` cycles in-process, the real code path.
 
 ``python -m benchmarks.scale_worker CONFIG OUT.json WARM`` runs: a cold cycle
 (clone, parse every file, first look-ups), ``WARM`` warm cycles (nothing moved),
@@ -21,7 +21,7 @@ from typing import Any
 
 from watcher import config as watcher_config
 from watcher import logs
-from watcher.worker import CycleReport, Watcher
+from watcher.engine import CycleReport, Engine
 
 
 def _cpu() -> tuple[float, float]:
@@ -44,8 +44,8 @@ class Meter:
         }
 
 
-async def phases(watcher: Watcher) -> dict[str, Any]:
-    """One cycle as ``Watcher.cycle()`` runs it, with each phase measured."""
+async def phases(watcher: Engine) -> dict[str, Any]:
+    """One cycle as ``Engine.cycle()`` runs it, with each phase measured."""
     total = Meter()
     meter = Meter()
     watch = await watcher.discover()
@@ -75,7 +75,7 @@ async def phases(watcher: Watcher) -> dict[str, Any]:
 async def main_async(config_path: str, out: str, warm: int) -> None:
     cfg = watcher_config.load(config_path)
     result: dict[str, Any] = {}
-    async with Watcher(cfg) as watcher:
+    async with Engine(cfg) as watcher:
         result["cold"] = await phases(watcher)
         result["warm"] = [await phases(watcher) for _ in range(warm)]
         print("pushed?", flush=True)

@@ -21,9 +21,9 @@ from typing import Any
 
 from benchmarks import daemon_runs as dr
 from benchmarks import infra, workload
-from watcher.emulator import EmulatorSettings, GoogleRegistryEmulator, max_in_window
+from watcher.cluster.shards import shard_of
 from watcher.references import canonical_name
-from watcher.shards import shard_of
+from watcher_testing.emulator import EmulatorSettings, GoogleRegistryEmulator, max_in_window
 
 
 @dataclass

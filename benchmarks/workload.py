@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from watcher.emulator import GoogleRegistryEmulator
+from watcher_testing.emulator import GoogleRegistryEmulator
 
 NEWEST_PATTERN = "fixes_TECH-.*"
 ENV_NAMES = ["b2c", "b2b", "int", "qa", "perf", "demo", "ops", "data", "mob", "pay", "api"]

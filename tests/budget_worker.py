@@ -20,7 +20,7 @@ import aiohttp
 from redis.asyncio import Redis
 
 from watcher import logs
-from watcher.budget_redis import RedisBudget
+from watcher.budget.shared import RedisBudget
 from watcher.config import Limit
 
 

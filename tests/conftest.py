@@ -16,7 +16,7 @@ import pytest
 # The local services are the product's own runners (the demo and the
 # benchmarks use them too); tests import them from here as well.
 from watcher.config import Config, load_text
-from watcher.services import DockerRegistry, RedisServer, free_port
+from watcher_testing.services import DockerRegistry, RedisServer, free_port
 
 __all__ = ["DockerRegistry", "RedisServer", "free_port"]
 

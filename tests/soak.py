@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.conftest import GitRemote, RedisServer, free_port, git, make_remote
-from watcher.emulator import EmulatorSettings, GoogleRegistryEmulator
-from watcher.lookups import THROTTLE_FIRST
+from watcher.tuning import THROTTLE_FIRST
+from watcher_testing.emulator import EmulatorSettings, GoogleRegistryEmulator
 
 WINDOW = 10.0
 QUOTA = 300

@@ -3,8 +3,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from watcher.budget import SEND_MARGIN, LocalBudget
+from watcher.budget.local import LocalBudget
 from watcher.config import Limit
+from watcher.tuning import SEND_MARGIN
 
 
 def max_in_window(times: list[float], window: float) -> int:

@@ -23,9 +23,9 @@ import redis
 from redis.asyncio import Redis
 
 from tests.conftest import RedisServer
-from watcher.budget_redis import RedisBudget, budgets_for
+from watcher.budget.shared import RedisBudget, budgets_for
 from watcher.config import Config, Limit
-from watcher.emulator import EmulatorSettings, GoogleRegistryEmulator, max_in_window
+from watcher_testing.emulator import EmulatorSettings, GoogleRegistryEmulator, max_in_window
 
 ROOT = Path(__file__).resolve().parent.parent
 REPLICAS = 3

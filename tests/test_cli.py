@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import DockerRegistry, GitRemote, free_port, make_remote
 from watcher.config import load
-from watcher.images import push_image
+from watcher_testing.images import push_image
 
 VALUES = "image:\n  repository: {host}/team/app\n  tag: master\n"
 
@@ -206,7 +206,7 @@ async def test_shards_and_budget_reports(world: tuple[DockerRegistry, GitRemote,
     shards = watcher("shards", "--config", str(config), "--count", "17")
     assert shards.returncode == 0, shards.stderr
     assert f"{registry.host}/team/app" in shards.stdout
-    from watcher.shards import shard_of
+    from watcher.cluster.shards import shard_of
 
     owner = shard_of(f"{registry.host}/team/app", 16)
     moved = shard_of(f"{registry.host}/team/app", 17)

@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 
 from watcher.blocks import BlockId, RawBlock
-from watcher.commands import budget_report, shards_report
+from watcher.cluster.shards import movement, shard_of
 from watcher.config import Config, load_text
-from watcher.discovery import FoundBlock, WatchSet
+from watcher.gitops.discovery import FoundBlock, WatchSet
 from watcher.references import canonical_name
-from watcher.shards import movement, shard_of
+from watcher.reports import budget_report, shards_report
 from watcher.strategies import parse_policy
 
 CONFIG = load_text(

@@ -6,15 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from watcher.config import (
-    DEFAULT_LIMIT,
-    ConfigError,
-    Limit,
-    load,
-    load_text,
-    parse_duration,
-    parse_share,
-)
+from watcher.config import DEFAULT_LIMIT, Limit, load, load_text, parse_duration, parse_share
+from watcher.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,7 +20,7 @@ from urllib.parse import urljoin
 import aiohttp
 import pytest
 
-from watcher.emulator import (
+from watcher_testing.emulator import (
     DEFAULT_ACCESS_TOKEN,
     DOCKER_LIST,
     DOCKER_MANIFEST,
@@ -743,7 +743,7 @@ async def test_standalone_main_serves(session: aiohttp.ClientSession) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "watcher.emulator",
+        "watcher_testing.emulator",
         "--mode",
         "artifact",
         "--anonymous",

@@ -10,8 +10,8 @@ import pytest
 
 from tests.conftest import DockerRegistry, GitRemote, git, make_remote, watcher_config
 from watcher.config import Config
-from watcher.images import push_image
-from watcher.worker import Watcher
+from watcher.engine import Engine
+from watcher_testing.images import push_image
 
 ZERO = "sha256:" + "0" * 64
 
@@ -98,7 +98,7 @@ async def test_first_cycle_writes_digests_skopeo_agrees(
 ) -> None:
     registry, remote, config = setup
     before = {b: remote.count(b) for b in remote.branches()}
-    async with Watcher(config) as watcher:
+    async with Engine(config) as watcher:
         report = await watcher.cycle()
     api = skopeo_digest(registry, "team/api", "master", tmp_path)
     web = skopeo_digest(registry, "team/web", "master", tmp_path)
@@ -145,7 +145,7 @@ async def test_unchanged_registry_makes_no_commit_and_moved_tag_one_per_branch(
     setup: tuple[DockerRegistry, GitRemote, Config], session: aiohttp.ClientSession
 ) -> None:
     registry, remote, config = setup
-    async with Watcher(config) as watcher:
+    async with Engine(config) as watcher:
         await watcher.cycle()
         heads = {b: remote.head(b) for b in remote.branches()}
         report = await watcher.cycle()
@@ -167,7 +167,7 @@ async def test_unchanged_registry_makes_no_commit_and_moved_tag_one_per_branch(
 async def test_dry_run_writes_nothing(setup: tuple[DockerRegistry, GitRemote, Config]) -> None:
     _, remote, config = setup
     heads = {b: remote.head(b) for b in remote.branches()}
-    async with Watcher(config) as watcher:
+    async with Engine(config) as watcher:
         report = await watcher.cycle(dry_run=True)
     assert len(report.updates) == 4
     assert {b: remote.head(b) for b in remote.branches()} == heads
@@ -177,9 +177,9 @@ async def test_person_commit_to_same_file_during_write_survives(
     setup: tuple[DockerRegistry, GitRemote, Config],
 ) -> None:
     registry, remote, config = setup
-    async with Watcher(config) as watcher:
+    async with Engine(config) as watcher:
         watch = await watcher.discover()
-        from watcher.worker import CycleReport
+        from watcher.engine import CycleReport
 
         report = CycleReport(watch)
         await watcher.resolve(watch, report)
@@ -207,7 +207,7 @@ async def test_rejected_push_stays_pending_and_lands_later(
     hook.write_text("#!/bin/sh\necho 'branch protected' >&2\nexit 1\n")
     hook.chmod(0o755)
     heads = {b: remote.head(b) for b in remote.branches()}
-    async with Watcher(config) as watcher:
+    async with Engine(config) as watcher:
         report = await watcher.cycle()
         assert {o.result for o in report.outcomes.values()} == {"error"}
         assert {b: remote.head(b) for b in remote.branches()} == heads
@@ -239,7 +239,7 @@ async def test_bad_input_is_skipped_and_the_rest_goes_on(
         },
     )
     config = watcher_config(docker_registry.host, remote, tmp_path)
-    async with Watcher(config) as watcher:
+    async with Engine(config) as watcher:
         report = await watcher.cycle()
     problems = {(p.file, p.line) for p in report.watch.problems}
     assert ("apps/broken/values.yaml", 2) in problems or ("apps/broken/values.yaml", 1) in problems

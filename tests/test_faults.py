@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tests.conftest import GitRemote, RedisServer, make_remote
 from tests.soak import CAP, QUOTA, WINDOW, Daemon, config_text, is_ancestor, set_hook, shasums
-from watcher.emulator import EmulatorSettings, GoogleRegistryEmulator
+from watcher_testing.emulator import EmulatorSettings, GoogleRegistryEmulator
 
 INTERVAL = 1.0
 

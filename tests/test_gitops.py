@@ -11,7 +11,11 @@ import pytest
 from tests.conftest import GitRemote, git, make_remote
 from watcher.blocks import BlockId, Edit, KeyPath, Update
 from watcher.config import Author
-from watcher.gitops import BranchWriter, GitError, GitMirror, match_path, redact
+from watcher.errors import GitError
+from watcher.gitops.mirror import GitMirror
+from watcher.gitops.paths import match_path
+from watcher.gitops.writer import BranchWriter
+from watcher.logs import redact
 
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64

@@ -28,9 +28,10 @@ from ruamel.yaml import YAML
 from tests.conftest import GitRemote, make_remote, watcher_config
 from watcher import logs
 from watcher.config import Config
-from watcher.emulator import EmulatorSettings, GoogleRegistryEmulator, LoggedRequest
-from watcher.google import ExtensionError, facts_from_pages
-from watcher.worker import Watcher
+from watcher.engine import Engine
+from watcher.errors import ExtensionError
+from watcher.registry.google import facts_from_pages
+from watcher_testing.emulator import EmulatorSettings, GoogleRegistryEmulator, LoggedRequest
 
 ZERO = "sha256:" + "0" * 64
 HELM = "application/vnd.cncf.helm.config.v1+json"
@@ -180,7 +181,7 @@ async def test_every_strategy_from_one_listing(mode: str, page_size: int, tmp_pa
         config = google_config(emu, remote, tmp_path, "anonymous")
         pages = math.ceil(pushed.tags / page_size)
         assert (pages > 1) == (page_size == 3)
-        async with Watcher(config) as watcher:
+        async with Engine(config) as watcher:
             report = await watcher.cycle()
             first = list(emu.log)
             second_mark = len(emu.log)
@@ -241,7 +242,7 @@ async def test_digest_only_costs_one_listing_per_image(mode: str, tmp_path: Path
                 for i in range(3)
             },
         )
-        async with Watcher(google_config(emu, remote, tmp_path, "anonymous")) as watcher:
+        async with Engine(google_config(emu, remote, tmp_path, "anonymous")) as watcher:
             await watcher.cycle()
             await watcher.cycle()
     # 3 branches x 2 tags, two cycles: one listing per cycle.
@@ -260,7 +261,7 @@ async def test_newest_follows_branch_builds_as_they_are_pushed(mode: str, tmp_pa
         emu.push("team/api", SENTRY + "1111111", uploaded=T0 + timedelta(minutes=1))
         remote = make_remote(tmp_path, environments(emu.host))
         branch, file = "environment/b2c1", "apps/api/values.yaml"
-        async with Watcher(google_config(emu, remote, tmp_path, "anonymous")) as watcher:
+        async with Engine(google_config(emu, remote, tmp_path, "anonymous")) as watcher:
             await watcher.cycle()
             assert read_values(remote, branch, file)["newest"]["overrideTag"] == SENTRY + "1111111"
 
@@ -301,7 +302,7 @@ async def test_429_pauses_the_budget_and_the_next_cycle_succeeds(
         remote = make_remote(tmp_path, environments(emu.host))
         heads = {b: remote.head(b) for b in remote.branches()}
         emu.fail_next(1, status=429, kind="tags_list")
-        async with Watcher(google_config(emu, remote, tmp_path, "anonymous")) as watcher:
+        async with Engine(google_config(emu, remote, tmp_path, "anonymous")) as watcher:
             report = await watcher.cycle()
             throttled = [e for e in emu.log if e.status == 429]
             assert len(throttled) == 1
@@ -337,7 +338,7 @@ async def test_malformed_listing_skips_the_image_with_a_reason(
         pushed = push_fixture_images(emu)
         remote = make_remote(tmp_path, environments(emu.host))
         emu.malform_next(1, how, kind="tags_list")  # type: ignore[arg-type]
-        async with Watcher(google_config(emu, remote, tmp_path, "anonymous")) as watcher:
+        async with Engine(google_config(emu, remote, tmp_path, "anonymous")) as watcher:
             report = await watcher.cycle()
             broken = emu.log[0].repository
             assert broken is not None
@@ -412,7 +413,7 @@ async def test_adc_tokens_cached_refreshed_before_expiry_never_logged(
         emu.push("team/api", SENTRY + "1111111")
         remote = make_remote(tmp_path, environments(emu.host))
         seen_tokens: set[str] = set()
-        async with Watcher(google_config(emu, remote, tmp_path, "google")) as watcher:
+        async with Engine(google_config(emu, remote, tmp_path, "google")) as watcher:
             cycles: list[dict[str, int]] = []
             paths: list[list[str]] = []
             # Every token of cycle 1 was fetched before `end`: cycle 2 at once, cycle 3
@@ -464,7 +465,7 @@ async def test_adc_failure_skips_the_registry_not_the_cycle(
         emu.fail_next(None, status=403, kind="metadata")
         remote = make_remote(tmp_path, environments(emu.host))
         heads = {b: remote.head(b) for b in remote.branches()}
-        async with Watcher(google_config(emu, remote, tmp_path, "google")) as watcher:
+        async with Engine(google_config(emu, remote, tmp_path, "google")) as watcher:
             watcher.lookups.google_tokens.failure_ttl = 0.3
             report = await watcher.cycle()
             assert set(map(str, report.failed_images)) == {

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import DockerRegistry
-from watcher.images import (
+from watcher_testing.images import (
     DOCKER_MANIFEST,
     OCI_INDEX,
     OCI_MANIFEST,

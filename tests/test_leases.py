@@ -19,7 +19,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import RedisServer
-from watcher.leases import DEFAULT_PREFIX, LocalMembership, Membership, connect
+from watcher.cluster.connection import connect
+from watcher.cluster.membership import LocalMembership, Membership
+from watcher.keys import SHARDS as DEFAULT_PREFIX
 
 INTERVAL = 0.5
 TTL = INTERVAL * 1.5
@@ -346,7 +348,8 @@ def test_bad_arguments() -> None:
 
 CHILD = """
 import asyncio, signal, sys
-from watcher.leases import Membership, connect
+from watcher.cluster.membership import Membership
+from watcher.cluster.connection import connect
 
 async def main():
     url, name, shards, interval = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])

@@ -43,10 +43,11 @@ import structlog
 from tests.conftest import GitRemote, RedisServer, free_port, make_remote
 from tests.helm_support import load_generator, require_binary
 from watcher import logs
+from watcher.cluster.connection import connect
+from watcher.cluster.membership import Membership
 from watcher.config import load_text
-from watcher.emulator import EmulatorSettings, GoogleRegistryEmulator
-from watcher.leases import Membership, connect
-from watcher.worker import Watcher
+from watcher.engine import Engine
+from watcher_testing.emulator import EmulatorSettings, GoogleRegistryEmulator
 
 JOB = "image-watcher"
 # The secret OAuth access token the emulator's token endpoint accepts.
@@ -575,7 +576,7 @@ git: {{url: "{remote.url}", files: ["apps/*/values.yaml"], workdir: "{tmp_path /
         "test.yaml",
         {},
     )
-    async with Watcher(config) as watcher:
+    async with Engine(config) as watcher:
         client = connect(redis_server.url, config.interval)
         membership = Membership(client, config.shards, config.interval)
         watcher.membership = membership

@@ -10,15 +10,7 @@ from hypothesis import strategies as st
 
 from watcher.blocks import RawBlock
 from watcher.config import Defaults
-from watcher.planner import (
-    FollowUp,
-    Need,
-    Plan,
-    count,
-    need,
-    plan,
-    plan_after_listing,
-)
+from watcher.planner import FollowUp, Need, Plan, count, need, plan, plan_after_listing
 from watcher.strategies import Policy, parse_policy
 
 D1 = "sha256:" + "1" * 64

@@ -2,14 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from watcher.references import (
-    ImageName,
-    ReferenceError,
-    canonical_name,
-    is_digest,
-    is_tag,
-    parse_reference,
-)
+from watcher.errors import InvalidReference
+from watcher.references import ImageName, canonical_name, is_digest, is_tag, parse_reference
 
 DIGEST = "sha256:" + "a" * 64
 
@@ -69,7 +63,7 @@ def test_parse_reference(
     ],
 )
 def test_bad_references(text: str) -> None:
-    with pytest.raises(ReferenceError):
+    with pytest.raises(InvalidReference):
         parse_reference(text)
 
 

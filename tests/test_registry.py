@@ -24,27 +24,19 @@ from aiohttp.test_utils import TestServer
 from tests.conftest import DockerRegistry, free_port
 from tests.test_images import skopeo, skopeo_raw
 from watcher.config import RegistryConfig
-from watcher.images import build_image, push_image, tag_image
-from watcher.references import ImageName
-from watcher.registry import (
-    MANIFEST_TYPES,
+from watcher.errors import (
     BadResponse,
+    CredentialsError,
     NotFound,
-    RegistryClient,
     RegistryError,
-    RequestRecord,
+    RegistryUnavailable,
     Throttled,
     Unauthorized,
-    Unavailable,
-    parse_retry_after,
 )
-from watcher.registry_auth import (
-    Credentials,
-    CredentialsError,
-    TokenCache,
-    credentials_for,
-    parse_challenge,
-)
+from watcher.references import ImageName
+from watcher.registry.auth import Credentials, TokenCache, credentials_for, parse_challenge
+from watcher.registry.client import MANIFEST_TYPES, RegistryClient, RequestRecord, parse_retry_after
+from watcher_testing.images import build_image, push_image, tag_image
 
 ACCEPT = (
     "application/vnd.oci.image.index.v1+json, "
@@ -837,7 +829,7 @@ async def test_5xx_gives_up_after_the_retries(
     app, _ = logging_app(handler)
     host = await serve(app)
     client = make_client(session, budget, host, retries=2)
-    with pytest.raises(Unavailable, match="502 after 3 attempts"):
+    with pytest.raises(RegistryUnavailable, match="502 after 3 attempts"):
         await client.tags(ImageName(host, "x"))
     assert budget.kinds == [("tags_list", 502)] * 3
 
@@ -872,7 +864,7 @@ async def test_connection_errors_are_retried_then_unavailable(
 ) -> None:
     host = f"127.0.0.1:{free_port()}"  # nothing listens there
     client = make_client(session, budget, host, retries=2)
-    with pytest.raises(Unavailable, match="after 3 attempts"):
+    with pytest.raises(RegistryUnavailable, match="after 3 attempts"):
         await client.ping()
     assert len(budget.records) == 3
     assert all(isinstance(r.code, str) and "Connect" in r.code for r in budget.records)
@@ -933,7 +925,7 @@ async def test_plain_http_registry_refused_unless_insecure(
     assert str(client.base_url) == f"https://{host}"
     with pytest.raises(RegistryError, match=f"https://{host}/v2/") as caught:
         await client.ping()
-    assert not isinstance(caught.value, Unavailable)  # a TLS failure is not retried
+    assert not isinstance(caught.value, RegistryUnavailable)  # a TLS failure is not retried
     assert len(budget.records) == 1
     assert isinstance(budget.records[0].code, str) and "SSL" in budget.records[0].code
     assert seen == []  # no plain-http request reached the server

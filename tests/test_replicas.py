@@ -21,7 +21,7 @@ import aiohttp
 
 from tests.conftest import RedisServer, free_port, make_remote
 from watcher.config import load
-from watcher.emulator import EmulatorSettings, GoogleRegistryEmulator, LoggedRequest
+from watcher_testing.emulator import EmulatorSettings, GoogleRegistryEmulator, LoggedRequest
 
 INTERVAL = 1.0
 WINDOW = 10.0

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port, git, make_remote
-from watcher.emulator import EmulatorSettings, GoogleRegistryEmulator
+from watcher_testing.emulator import EmulatorSettings, GoogleRegistryEmulator
 
 SECRET = "s3cret-access-token-7f2d9a"
 GIT_SECRET = "ghp_gitSecretToken12345"

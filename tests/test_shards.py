@@ -15,26 +15,21 @@ from typing import Any
 import pytest
 
 from watcher.blocks import BlockId, RawBlock
-from watcher.config import Config, Limit, RegistryConfig
-from watcher.discovery import FoundBlock, WatchSet
-from watcher.references import ImageName, canonical_name
-from watcher.shards import (
-    MASK64,
-    assignment,
-    blake2b_64,
+from watcher.capacity import (
     budget_needs,
     image_loads,
     image_requests,
-    jump_hash,
-    movement,
     needs,
     per_cycle,
     per_window,
     round_up_interval,
     shard_loads,
-    shard_of,
     shortest_safe_interval,
 )
+from watcher.cluster.shards import MASK64, assignment, blake2b_64, jump_hash, movement, shard_of
+from watcher.config import Config, Limit, RegistryConfig
+from watcher.gitops.discovery import FoundBlock, WatchSet
+from watcher.references import ImageName, canonical_name
 from watcher.strategies import parse_policy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,7 +148,7 @@ def test_names_are_canonicalised() -> None:
 def test_same_shards_in_another_process_with_another_hash_seed() -> None:
     code = (
         "import json, sys\n"
-        "from watcher.shards import shard_of\n"
+        "from watcher.cluster.shards import shard_of\n"
         "print(json.dumps([shard_of(n, 16) for n in json.loads(sys.stdin.read())]))\n"
     )
     names = NAMES[:500]

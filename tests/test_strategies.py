@@ -11,13 +11,13 @@ from hypothesis import strategies as st
 
 from watcher.blocks import Edit, RawBlock
 from watcher.config import STRATEGIES, Defaults
+from watcher.errors import PolicyError
 from watcher.references import is_digest, is_tag
 from watcher.strategies import (
     Change,
     ImageFacts,
     NoChange,
     Policy,
-    PolicyError,
     Skip,
     candidates,
     decide,

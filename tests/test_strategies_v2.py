@@ -15,9 +15,9 @@ import aiohttp
 from ruamel.yaml import YAML
 
 from tests.conftest import DockerRegistry, GitRemote, make_remote, watcher_config
-from watcher.images import ImageKind, push_image
+from watcher.engine import Engine
 from watcher.metrics import Metrics
-from watcher.worker import Watcher
+from watcher_testing.images import ImageKind, push_image
 
 SENTRY = "fixes_TECH-2783_bump_sentry-"
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -100,7 +100,7 @@ async def test_every_strategy_and_newest_reads_each_config_once(
         await push(session, docker_registry, build, 2)
     branch, file = "environment/b2c1", "apps/api/values.yaml"
     remote = make_remote(tmp_path, {branch: {file: VALUES.format(host=docker_registry.host)}})
-    async with Watcher(watcher_config(docker_registry.host, remote, tmp_path)) as watcher:
+    async with Engine(watcher_config(docker_registry.host, remote, tmp_path)) as watcher:
         await watcher.cycle()
         first = requests_by_kind(watcher.metrics)
         values = read_values(remote, branch, file)
@@ -163,7 +163,7 @@ async def test_semver_and_lexical_cost_only_the_listing(
     remote = make_remote(
         tmp_path, {f"environment/e{i}": {"apps/api/values.yaml": text} for i in range(3)}
     )
-    async with Watcher(watcher_config(docker_registry.host, remote, tmp_path)) as watcher:
+    async with Engine(watcher_config(docker_registry.host, remote, tmp_path)) as watcher:
         await watcher.cycle()
         first = requests_by_kind(watcher.metrics)
         await watcher.cycle()
@@ -192,7 +192,7 @@ async def test_digest_only_one_head_per_distinct_tag(
         for i in range(4)
     }
     remote = make_remote(tmp_path, branches)
-    async with Watcher(watcher_config(docker_registry.host, remote, tmp_path)) as watcher:
+    async with Engine(watcher_config(docker_registry.host, remote, tmp_path)) as watcher:
         await watcher.cycle()
         first = requests_by_kind(watcher.metrics)
         await watcher.cycle()
@@ -216,7 +216,7 @@ async def test_missing_repository_fails_that_image_only(
         f"api:\n  repository: {host}/team/api\n  tag: x\n  watch: {{strategy: semver}}\n"
     )
     remote = make_remote(tmp_path, {"environment/a": {"apps/api/values.yaml": text}})
-    async with Watcher(watcher_config(docker_registry.host, remote, tmp_path)) as watcher:
+    async with Engine(watcher_config(docker_registry.host, remote, tmp_path)) as watcher:
         report = await watcher.cycle()
     assert {str(image) for image in report.failed_images} == {
         f"{host}/team/gone",

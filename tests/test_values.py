@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from watcher.blocks import Edit, Field, KeyPath
-from watcher.values import BlockProblem, apply_edits, find_blocks, plain_is_safe
+from watcher.gitops.values import BlockProblem, apply_edits, find_blocks, plain_is_safe
 
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 
 import structlog
 
-from watcher import __version__, commands, config, logs
-from watcher.gitops import GitError
-from watcher.registry_auth import CredentialsError, credentials_for
+from watcher import __version__, config, logs, reports
+from watcher.engine import Engine
+from watcher.errors import ConfigError, CredentialsError, GitError
+from watcher.registry.auth import credentials_for
 from watcher.server import serve
-from watcher.worker import Watcher
 
 log = structlog.get_logger()
 
@@ -106,7 +106,7 @@ def _load(path: str) -> config.Config:
         except CredentialsError as exc:
             problems.append(f"{cfg.source}: registries[host={registry.host}]: {exc}")
     if problems:
-        raise config.ConfigError(problems)
+        raise ConfigError(problems)
     return cfg
 
 
@@ -124,7 +124,7 @@ async def _run(cfg: config.Config) -> int:
         budget="in-process",
     )
     async with (
-        Watcher(cfg) as watcher,
+        Engine(cfg) as watcher,
         serve(watcher.metrics.registry, watcher.readiness, cfg.server.port) as port,
     ):
         log.info("serving", port=port, paths=["/metrics", "/healthz", "/readyz"])
@@ -134,7 +134,7 @@ async def _run(cfg: config.Config) -> int:
 
 
 async def _once(cfg: config.Config, dry_run: bool) -> int:
-    async with Watcher(cfg) as watcher:
+    async with Engine(cfg) as watcher:
         report = await watcher.cycle(dry_run=dry_run)
     verb = "would update" if dry_run else "updated"
     for update in report.updates:
@@ -159,7 +159,7 @@ async def _once(cfg: config.Config, dry_run: bool) -> int:
 
 
 async def _check(cfg: config.Config) -> int:
-    async with Watcher(cfg) as watcher:
+    async with Engine(cfg) as watcher:
         watch = await watcher.discover(log_problems=False)
     for problem in watch.problems:
         print(f"{problem}", file=sys.stderr)
@@ -171,12 +171,12 @@ async def _check(cfg: config.Config) -> int:
 
 
 async def _report(cfg: config.Config, command: str, count: int | None) -> int:
-    async with Watcher(cfg) as watcher:
+    async with Engine(cfg) as watcher:
         watch = await watcher.discover(log_problems=False)
     if command == "shards":
-        print(commands.shards_report(cfg, watch, count))
+        print(reports.shards_report(cfg, watch, count))
     else:
-        print(commands.budget_report(cfg, watch))
+        print(reports.budget_report(cfg, watch))
     return 0
 
 
@@ -186,8 +186,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "shards" and args.count is not None and args.count < 1:
         parser.error("--count must be at least 1")
     if args.command == "demo":
-        from watcher.demo import demo
-
+        try:
+            # The demo runs on the test harness, which a checkout installs and
+            # the production image leaves out.
+            from watcher_testing.demo import demo
+        except ImportError:
+            print(
+                "watcher demo needs a checkout of the repository "
+                "(bash .ci/install && .venv/bin/watcher demo); this installation has no demo",
+                file=sys.stderr,
+            )
+            return 2
         logs.configure("warning", sys.stderr)
         return demo(args.workdir, keep=args.keep)
     # The daemon logs to stdout (one JSON object per line, for the cluster's
@@ -195,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(args.log_level, sys.stdout if args.command == "run" else sys.stderr)
     try:
         cfg = _load(args.config)
-    except config.ConfigError as exc:
+    except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2

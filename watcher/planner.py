@@ -39,10 +39,10 @@ from __future__ import annotations
 from collections.abc import Collection, Container, Iterable, Mapping
 from dataclasses import dataclass
 
-from .blocks import RawBlock
-from .config import Api
-from .references import is_digest, is_tag
-from .strategies import TAG_STRATEGIES, Policy, candidates
+from watcher.blocks import RawBlock
+from watcher.config import Api
+from watcher.references import is_digest, is_tag
+from watcher.strategies import TAG_STRATEGIES, Policy, candidates
 
 Need = tuple[Policy, str | None]
 """What one block asks of the registry: its policy, and the tag a digest block

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from watcher.errors import InvalidReference
+
 DOCKER_HUB = "docker.io"
 # Docker Hub's API lives on another host than the one in image names.
 DOCKER_HUB_API = "registry-1.docker.io"
@@ -21,10 +23,6 @@ _HOST_RE = re.compile(
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?:\.(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?))*"
     r"(?::[0-9]+)?|\[[0-9A-Fa-f:.]+\](?::[0-9]+)?"
 )
-
-
-class ReferenceError(ValueError):
-    """An image reference, tag or digest that breaks the grammar."""
 
 
 def is_tag(value: object) -> bool:
@@ -78,25 +76,25 @@ def parse_reference(text: str) -> Reference:
     ``nginx`` is ``docker.io/library/nginx``.
     """
     if not isinstance(text, str) or not text or text != text.strip():
-        raise ReferenceError(f"not an image reference: {text!r}")
+        raise InvalidReference(f"not an image reference: {text!r}")
     rest = text
     digest: str | None = None
     if "@" in rest:
         rest, digest = rest.split("@", 1)
         if not is_digest(digest):
-            raise ReferenceError(f"bad digest in {text!r}: must be sha256:<64 hex>")
+            raise InvalidReference(f"bad digest in {text!r}: must be sha256:<64 hex>")
     tag: str | None = None
     last_slash = rest.rfind("/")
     colon = rest.rfind(":")
     if colon > last_slash:
         rest, tag = rest[:colon], rest[colon + 1 :]
         if not is_tag(tag):
-            raise ReferenceError(f"bad tag in {text!r}: {tag!r}")
+            raise InvalidReference(f"bad tag in {text!r}: {tag!r}")
     parts = rest.split("/")
     if len(parts) > 1 and _looks_like_host(parts[0]):
         host, path_parts = parts[0], parts[1:]
         if not _HOST_RE.fullmatch(host):
-            raise ReferenceError(f"bad registry host in {text!r}: {host!r}")
+            raise InvalidReference(f"bad registry host in {text!r}: {host!r}")
         host = host.lower()
         if host == "index.docker.io":
             host = DOCKER_HUB
@@ -106,13 +104,13 @@ def parse_reference(text: str) -> Reference:
         path_parts = ["library", *path_parts]
     for component in path_parts:
         if not _COMPONENT_RE.fullmatch(component):
-            raise ReferenceError(
+            raise InvalidReference(
                 f"bad repository path in {text!r}: {component!r} "
                 "(lower-case letters, digits and . _ - separators only)"
             )
     path = "/".join(path_parts)
     if len(host) + 1 + len(path) > 255:
-        raise ReferenceError(f"image name longer than 255 characters: {text!r}")
+        raise InvalidReference(f"image name longer than 255 characters: {text!r}")
     return Reference(ImageName(host, path), tag, digest)
 
 

@@ -52,9 +52,10 @@ from typing import Any
 # wrappers below (Constraint, _version), so Any does not leak out.
 import semantic_version  # type: ignore[import-untyped]
 
-from .blocks import Edit, Field, RawBlock
-from .config import STRATEGIES, Defaults, Strategy
-from .references import is_digest, is_tag
+from watcher.blocks import Edit, Field, RawBlock
+from watcher.config import STRATEGIES, Defaults, Strategy
+from watcher.errors import PolicyError
+from watcher.references import is_digest, is_tag
 
 WATCH_KEYS: tuple[str, ...] = ("strategy", "tags", "ignore", "semver")
 TAG_STRATEGIES: frozenset[Strategy] = frozenset({"newest", "semver", "lexical"})
@@ -63,10 +64,6 @@ TAG_STRATEGIES: frozenset[Strategy] = frozenset({"newest", "semver", "lexical"})
 # with wildcards). Spaces after the operator are allowed and dropped, because
 # SRE-written YAML such as ">= 2, < 3" is common and the library refuses it.
 _BLOCK_RE = re.compile(r"(?P<op><=|>=|==|!=|~=|<|>|=|\^|~)?\s*(?P<version>\S+)")
-
-
-class PolicyError(ValueError):
-    """A ``watch`` mapping that cannot be used; the message names the key and the fix."""
 
 
 @dataclass(frozen=True)

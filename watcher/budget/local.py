@@ -15,10 +15,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from watcher.config import Limit
-
-# Time between a grant and the request leaving the socket. Counting a grant
-# this much longer than the window keeps a late send inside the cap.
-SEND_MARGIN = 0.05
+from watcher.tuning import SEND_MARGIN
 
 
 class Budget(Protocol):

@@ -19,35 +19,31 @@ import aiohttp
 import structlog
 
 from watcher import planner
-from watcher.budget import Budget, LocalBudget
-from watcher.cache import SharedCache
+from watcher.budget.local import Budget, LocalBudget
 from watcher.config import Config, Limit, RegistryConfig
-from watcher.discovery import FoundBlock
-from watcher.google import ExtensionError, GoogleTokenSource, facts_from_pages
-from watcher.metrics import Metrics
-from watcher.references import ImageName, is_digest
-from watcher.registry import (
+from watcher.errors import (
     BadResponse,
+    CredentialsError,
+    ExtensionError,
+    LookupFailed,
     NotFound,
-    RegistryClient,
     RegistryError,
-    RequestRecord,
     Throttled,
 )
-from watcher.registry_auth import AnyCredentials, CredentialsError, TokenCache, credentials_for
+from watcher.gitops.discovery import FoundBlock
+from watcher.metrics import Metrics
+from watcher.references import ImageName, is_digest
+from watcher.registry.auth import AnyCredentials, TokenCache, credentials_for
+from watcher.registry.cache import SharedCache
+from watcher.registry.client import RegistryClient, RequestRecord
+from watcher.registry.google import GoogleTokenSource, facts_from_pages
 from watcher.strategies import ImageFacts
+from watcher.tuning import THROTTLE_FIRST, THROTTLE_MAX
 
 log = structlog.get_logger()
 T = TypeVar("T")
 
-# Back-off after a 429 without Retry-After: doubles per consecutive 429, capped.
-THROTTLE_FIRST = 5.0
-THROTTLE_MAX = 300.0
 _FRACTION = re.compile(r"(\.\d{6})\d+")
-
-
-class LookupFailed(Exception):
-    """An image could not be looked up this cycle (the reason is in the message)."""
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from watcher import values
 from watcher.blocks import BlockId, RawBlock
 from watcher.config import Config
-from watcher.gitops import GitMirror
-from watcher.references import ImageName, ReferenceError, canonical_name
-from watcher.strategies import Policy, PolicyError, parse_policy
+from watcher.errors import InvalidReference, PolicyError
+from watcher.gitops import values
+from watcher.gitops.mirror import GitMirror
+from watcher.references import ImageName, canonical_name
+from watcher.strategies import Policy, parse_policy
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ class Discovery:
         for raw in raws:
             try:
                 image = canonical_name(raw.repository)
-            except ReferenceError as exc:
+            except InvalidReference as exc:
                 problems.append((raw.line, f"repository: {exc}"))
                 continue
             try:

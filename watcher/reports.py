@@ -2,7 +2,7 @@
 
 Both take a loaded config and a discovered watch set and return the text to
 print; the CLI does the loading, the discovery and the exit codes. Numbers
-come from :mod:`watcher.shards`, which asks the planner what each image
+come from :mod:`watcher.capacity`, which asks the planner what each image
 costs, so these reports and the daemon agree.
 """
 
@@ -10,16 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from watcher.capacity import budget_needs, budget_of, image_loads, round_up_interval, shard_loads
+from watcher.cluster.shards import movement
 from watcher.config import Config, format_duration
-from watcher.discovery import WatchSet
-from watcher.shards import (
-    budget_needs,
-    budget_of,
-    image_loads,
-    movement,
-    round_up_interval,
-    shard_loads,
-)
+from watcher.gitops.discovery import WatchSet
 
 COST_NOTE = (
     "requests/cycle: what the planner sends with nothing cached (Google listings as one page);\n"

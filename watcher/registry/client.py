@@ -25,14 +25,24 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from watcher.config import RegistryConfig
-from watcher.references import ImageName, ReferenceError, is_digest, is_tag
-from watcher.registry_auth import (
+from watcher.errors import (
+    BadResponse,
+    InvalidReference,
+    NotFound,
+    RegistryError,
+    RegistryUnavailable,
+    Throttled,
+    Unauthorized,
+)
+from watcher.references import ImageName, is_digest, is_tag
+from watcher.registry.auth import (
     AnyCredentials,
     Credentials,
     TokenCache,
     parse_challenge,
     resolve_credentials,
 )
+from watcher.tuning import MAX_REDIRECTS
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -44,8 +54,6 @@ MANIFEST_ACCEPT = ", ".join(MANIFEST_TYPES)
 
 Kind = Literal["ping", "token", "manifest_head", "manifest_get", "tags_list", "blob"]
 
-# Registries send blobs to storage through a short chain of redirects.
-MAX_REDIRECTS = 5
 _NOT_FOUND_CODES = frozenset({"MANIFEST_UNKNOWN", "NAME_UNKNOWN", "BLOB_UNKNOWN"})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
@@ -59,41 +67,6 @@ class RequestRecord:
     method: str
     code: int | str  # HTTP status, or the exception class name when no answer came
     elapsed: float  # seconds
-
-
-class RegistryError(Exception):
-    """A registry request that did not give an answer we can use."""
-
-    def __init__(self, message: str, *, status: int | None = None, url: str | None = None):
-        super().__init__(message)
-        self.status = status
-        self.url = url
-
-
-class NotFound(RegistryError):
-    """The repository, tag, manifest or blob does not exist (404, *_UNKNOWN)."""
-
-
-class Unauthorized(RegistryError):
-    """The registry refused our credentials, or wants some we do not have (401/403)."""
-
-
-class Throttled(RegistryError):
-    """429: the registry's quota is spent. The caller pauses the shared budget."""
-
-    def __init__(
-        self, message: str, *, retry_after: float | None, status: int = 429, url: str | None = None
-    ):
-        super().__init__(message, status=status, url=url)
-        self.retry_after = retry_after
-
-
-class BadResponse(RegistryError):
-    """An answer of the wrong shape: not JSON, a bad digest, a body that does not hash right."""
-
-
-class Unavailable(RegistryError):
-    """5xx, timeouts or connection errors on every attempt."""
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -188,7 +161,7 @@ class RegistryClient:
         """The digest ``docker pull name:tag`` would use: one HEAD when the registry cooperates."""
         self._check_name(name)
         if not (is_tag(tag) or is_digest(tag)):
-            raise ReferenceError(f"not a tag or digest: {tag!r}")
+            raise InvalidReference(f"not a tag or digest: {tag!r}")
         url = self._url(name, f"manifests/{tag}")
         response = await self._request("manifest_head", "HEAD", url, name, MANIFEST_ACCEPT)
         if response.status != 200:
@@ -210,7 +183,7 @@ class RegistryClient:
         """GET a manifest by tag or digest: (exact body bytes, media type, sha256 digest)."""
         self._check_name(name)
         if not (is_tag(reference) or is_digest(reference)):
-            raise ReferenceError(f"not a tag or digest: {reference!r}")
+            raise InvalidReference(f"not a tag or digest: {reference!r}")
         url = self._url(name, f"manifests/{reference}")
         response = await self._request("manifest_get", "GET", url, name, MANIFEST_ACCEPT)
         if response.status != 200:
@@ -285,7 +258,7 @@ class RegistryClient:
         """A blob's bytes, checked against its digest; storage redirects never see our auth."""
         self._check_name(name)
         if not is_digest(digest):
-            raise ReferenceError(f"not a digest: {digest!r}")
+            raise InvalidReference(f"not a digest: {digest!r}")
         url = self._url(name, f"blobs/{digest}")
         response = await self._request("blob", "GET", url, name, "*/*")
         hops = 0
@@ -460,7 +433,7 @@ class RegistryClient:
                         f"{method} {shown}: {type(exc).__name__}", url=shown
                     ) from exc
                 if attempt >= self.retries:
-                    raise Unavailable(
+                    raise RegistryUnavailable(
                         f"{method} {shown}: {type(exc).__name__} after {attempt + 1} attempts",
                         url=shown,
                     ) from exc
@@ -474,7 +447,7 @@ class RegistryClient:
                 if response.status < 500:
                     return response
                 if attempt >= self.retries:
-                    raise Unavailable(
+                    raise RegistryUnavailable(
                         f"{method} {shown}: {response.status} after {attempt + 1} attempts: "
                         f"{_snippet(response.body)}",
                         status=response.status,
@@ -554,15 +527,9 @@ def _snippet(body: bytes) -> str:
 __all__ = [
     "MANIFEST_ACCEPT",
     "MANIFEST_TYPES",
-    "BadResponse",
     "Credentials",
-    "NotFound",
     "RegistryClient",
-    "RegistryError",
     "RequestRecord",
-    "Throttled",
-    "Unauthorized",
-    "Unavailable",
     "parse_retry_after",
     "sha256_digest",
 ]

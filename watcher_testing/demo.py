@@ -23,8 +23,8 @@ from pathlib import Path
 
 import aiohttp
 
-from watcher.images import ImageKind, push_image
-from watcher.services import DockerRegistry
+from watcher_testing.images import ImageKind, push_image
+from watcher_testing.services import DockerRegistry
 
 INTERVAL = 3  # seconds: the demo's polling interval
 ENVIRONMENTS = ("environment/b2c1", "environment/b2b1")

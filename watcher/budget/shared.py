@@ -73,153 +73,20 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from watcher.budget import SEND_MARGIN, Budget, LocalBudget
+from watcher import keys
+from watcher.budget.local import Budget, LocalBudget
+from watcher.cluster.connection import lua_script
 from watcher.config import Config, Limit
+from watcher.errors import BudgetUnavailable
+from watcher.tuning import BUDGET_BUCKETS as BUCKETS
+from watcher.tuning import PROBLEM_LOG_EVERY, SEND_MARGIN
 
 log = structlog.get_logger(__name__)
 
 Mode = Literal["shared", "degraded", "recovering"]
 
-# Histogram resolution: a fallback counts the old shared grants as leaving the window at
-# most W / BUCKETS late, which costs that much throughput once, right after a switch.
-BUCKETS = 10
-DEGRADED_LOG_EVERY = 60.0
 
-_SCRIPT = """
-local op = ARGV[1]
-local cap = tonumber(ARGV[2])
-local window = tonumber(ARGV[3])
-local late = tonumber(ARGV[4])
-local known = ARGV[5]
-local member = ARGV[6]
-local pause_ms = tonumber(ARGV[7])
-local returning = ARGV[8] == '1'
-local buckets = tonumber(ARGV[9])
-local log, pause, epoch_key, recover = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local function fmt(x) return string.format('%.3f', x) end
-
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-
-local epoch = redis.call('GET', epoch_key)
-if not epoch then
-  -- A new or emptied Redis: nobody can say what was sent in the last window.
-  epoch = t[1] .. '.' .. t[2]
-  redis.call('SET', epoch_key, epoch)
-  redis.call('SET', recover, fmt(now + window), 'PX', math.ceil(window))
-end
-if known ~= '' and known ~= epoch then
-  return {'epoch', '0', epoch}
-end
-
-redis.call('ZREMRANGEBYSCORE', log, '-inf', fmt(now - window))
-local i = 10
-local nseeds = tonumber(ARGV[i]); i = i + 1
-for _ = 1, nseeds do
-  local score = now - tonumber(ARGV[i + 1])
-  if score > now - window then redis.call('ZADD', log, 'NX', fmt(score), ARGV[i]) end
-  i = i + 2
-end
-local nrel = tonumber(ARGV[i]); i = i + 1
-for _ = 1, nrel do
-  redis.call('ZREM', log, ARGV[i]); i = i + 1
-end
-
-local paused_until = tonumber(redis.call('GET', pause) or '0')
-local added = 0
-if pause_ms > 0 and now + pause_ms > paused_until then
-  local ends = now + pause_ms
-  added = ends - math.max(now, paused_until)
-  redis.call('SET', pause, fmt(ends), 'PX', math.ceil(pause_ms))
-  -- Move the not-yet-due queue back as a block: later, same order and spacing.
-  local due = redis.call('ZRANGEBYSCORE', log, '(' .. fmt(now), '+inf', 'WITHSCORES')
-  if #due > 0 and tonumber(due[2]) < ends then
-    local shift = ends - tonumber(due[2])
-    for j = 1, #due, 2 do
-      redis.call('ZADD', log, fmt(tonumber(due[j + 1]) + shift), due[j])
-    end
-  end
-  paused_until = ends
-end
-
-local recover_until = tonumber(redis.call('GET', recover) or '0')
-if returning and now + window > recover_until then
-  recover_until = now + window
-  redis.call('SET', recover, fmt(recover_until), 'PX', math.ceil(window))
-end
-
-local status, wait = 'ok', 0
-if op == 'reserve' then
-  if now < recover_until then
-    status = 'recovering'
-  else
-    -- Entries after the slot count too (waiting reservations): fewer than cap entries
-    -- later than slot - W bounds every window that holds the slot.
-    local slot = math.max(now, paused_until)
-    local n = redis.call('ZCARD', log)
-    if n >= cap then
-      local leaving = redis.call('ZRANGE', log, n - cap, n - cap, 'WITHSCORES')
-      slot = math.max(slot, tonumber(leaving[2]) + window)
-    end
-    redis.call('ZADD', log, fmt(slot), member)
-    wait = slot - now
-  end
-elseif op == 'confirm' then
-  local score = redis.call('ZSCORE', log, member)
-  if not score then
-    status = 'missing'
-  elseif tonumber(score) > now then
-    status, wait = 'wait', tonumber(score) - now
-  elseif paused_until > now then
-    redis.call('ZREM', log, member)
-    status, wait = 'paused', paused_until - now
-  elseif now - tonumber(score) > late then
-    redis.call('ZREM', log, member)
-    status = 'late'
-  end
-elseif op == 'claim' then
-  if now >= recover_until then
-    status = 'shared'
-  elseif paused_until > now then
-    status, wait = 'paused', paused_until - now
-  else
-    -- The log holds every claim of this recovery and every replica's re-seeded
-    -- grants: claims beyond the cap are refused, whatever each local share says
-    -- (replicas that joined late may each have counted too few replicas).
-    local n = redis.call('ZCARD', log)
-    if n >= cap then
-      local leaving = redis.call('ZRANGE', log, n - cap, n - cap, 'WITHSCORES')
-      status, wait = 'full', tonumber(leaving[2]) + window - now
-    else
-      redis.call('ZADD', log, fmt(now), member)
-    end
-  end
-elseif op == 'pause' then
-  wait = added
-end
-redis.call('PEXPIRE', log, math.ceil(2 * window) + 600000)
-
-local reply = {status, fmt(wait), epoch, fmt(math.max(0, recover_until - now)),
-  fmt(math.max(0, paused_until - now))}
-local w = window / buckets
-for j = 0, 2 * buckets - 1 do
-  local lo, hi = now - window + j * w, now - window + (j + 1) * w
-  reply[#reply + 1] = redis.call('ZCOUNT', log, '(' .. fmt(lo), fmt(hi))
-end
-local over = redis.call('ZCOUNT', log, '(' .. fmt(now + window), '+inf')
-reply[#reply + 1] = over
-if over > 0 then
-  local last = redis.call('ZRANGE', log, -1, -1, 'WITHSCORES')
-  reply[#reply + 1] = fmt(tonumber(last[2]) - now)
-else
-  reply[#reply + 1] = '0'
-end
-return reply
-"""
-
-
-class Unavailable(Exception):
-    """Redis did not answer in time (or at all)."""
+_SCRIPT = lua_script(__package__, "shared.lua")
 
 
 @dataclass(frozen=True)
@@ -279,7 +146,7 @@ class RedisBudget:
         clock: Callable[[], float] = time.monotonic,
         timeout: float = 0.25,
         probe_interval: float = 1.0,
-        prefix: str = "iw",
+        prefix: str = keys.ROOT,
     ) -> None:
         self._limit = limit
         self._replica = replica
@@ -290,8 +157,7 @@ class RedisBudget:
         self._window = limit.per + SEND_MARGIN
         # Half the margin for waking late, half for the answer's way back and the send.
         self._late = SEND_MARGIN / 2
-        base = f"{prefix}:{{budget:{limit.name}}}"
-        self.keys = (f"{base}:log", f"{base}:pause", f"{base}:epoch", f"{base}:recover")
+        self.keys = keys.budget(limit.name, prefix)
         self._script = client.register_script(_SCRIPT)
         self._ids = itertools.count()
         self._token = f"{replica}:{secrets.token_hex(3)}"
@@ -370,7 +236,7 @@ class RedisBudget:
         self._pending_pause = max(self._pending_pause, until)
         try:
             reply = await self._call("pause")
-        except Unavailable as exc:
+        except BudgetUnavailable as exc:
             self.paused_seconds += seconds
             self._enter_degraded(exc)
             return
@@ -386,7 +252,7 @@ class RedisBudget:
         member = self._member()
         try:
             reply = await self._call("reserve", member)
-        except Unavailable as exc:
+        except BudgetUnavailable as exc:
             self._enter_degraded(exc)
             return False
         if reply.status == "epoch":
@@ -406,7 +272,7 @@ class RedisBudget:
                     await asyncio.sleep(sleep)
                 try:
                     last = await self._call("confirm", member)
-                except Unavailable as exc:
+                except BudgetUnavailable as exc:
                     self._abandon(member)
                     self._enter_degraded(exc)
                     return False
@@ -453,7 +319,7 @@ class RedisBudget:
         # Recovering: Redis must hold the grant before it is sent.
         try:
             reply = await self._call("claim", member)
-        except Unavailable as exc:
+        except BudgetUnavailable as exc:
             self._enter_degraded(exc)
             return False
         if reply.status == "epoch":
@@ -502,7 +368,7 @@ class RedisBudget:
         self._probing = True
         try:
             reply = await self._call("sync", returning=True)
-        except Unavailable as exc:
+        except BudgetUnavailable as exc:
             self._probe_at = self._clock() + self._probe_interval
             self._enter_degraded(exc)
             return
@@ -600,7 +466,7 @@ class RedisBudget:
 
     def _log_degraded(self) -> None:
         now = self._clock()
-        if now - self._logged_at < DEGRADED_LOG_EVERY:
+        if now - self._logged_at < PROBLEM_LOG_EVERY:
             return
         self._logged_at = now
         log.warning(
@@ -657,7 +523,7 @@ class RedisBudget:
                 raw = await self._script(keys=self.keys, args=args)
         except (RedisError, OSError, TimeoutError) as exc:
             _cancelled(task, cancelling)
-            raise Unavailable(str(exc) or type(exc).__name__) from exc
+            raise BudgetUnavailable(str(exc) or type(exc).__name__) from exc
         # The Redis client can turn our caller's cancellation into an error or an answer.
         _cancelled(task, cancelling)
         reply = self._parse(raw, sent, self._clock())

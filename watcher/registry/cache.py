@@ -20,13 +20,12 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
+from watcher.keys import CACHE as PREFIX
+from watcher.keys import CACHE_TIMES as TIMES
+from watcher.tuning import FRESH_SHARE, PROBLEM_LOG_EVERY
+
 log = structlog.get_logger()
 
-PREFIX = "iw:cache:"
-TIMES = PREFIX + "times"
-# Share of the interval a tag's digest (or a listing) is trusted for.
-FRESH_SHARE = 0.5
-_LOG_EVERY = 60.0
 
 
 class SharedCache:
@@ -35,11 +34,11 @@ class SharedCache:
     def __init__(self, client: aioredis.Redis | None, interval: float) -> None:
         self._client = client
         self.ttl_ms = max(1, int(interval * FRESH_SHARE * 1000))
-        self._last_error = -_LOG_EVERY
+        self._last_error = -PROBLEM_LOG_EVERY
 
     def _failed(self, exc: Exception) -> None:
         now = time.monotonic()
-        if now - self._last_error >= _LOG_EVERY:
+        if now - self._last_error >= PROBLEM_LOG_EVERY:
             self._last_error = now
             log.warning("shared cache unavailable; asking the registry", reason=str(exc))
 

@@ -14,9 +14,10 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from watcher.errors import CredentialsError, ExtensionError
 from watcher.references import is_digest, is_tag
-from watcher.registry_auth import CredentialsError
 from watcher.strategies import ImageFacts
+from watcher.tuning import FAILURE_TTL, REFRESH_MARGIN, REFRESH_SHARE
 
 # Media types a Google registry lists for images we can follow. Anything else
 # (attestations, Helm charts, signatures) is not an image a block can run.
@@ -30,22 +31,7 @@ IMAGE_MEDIA_TYPES = frozenset(
         "application/vnd.docker.distribution.manifest.v1+json",
     }
 )
-# Refresh an access token this long before it expires: a token that dies in
-# flight costs a 401 and a retry, both drawn from the budget. At most a quarter
-# of the token's life, though: a metadata server hands out its cached token
-# with whatever life it has left (possibly under 5 minutes), and a fixed margin
-# longer than that would refresh on every use.
-REFRESH_MARGIN = 300.0
-REFRESH_SHARE = 0.25
-# After ADC fails (no metadata server, a bad key file), answer with the same
-# failure this long instead of asking again: every image of a registry asks
-# for a token, and each ADC attempt may wait seconds on a metadata ping.
-FAILURE_TTL = 15.0
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
-
-
-class ExtensionError(ValueError):
-    """A tags/list page whose Google extension cannot be read."""
 
 
 def _millis(value: Any, where: str) -> float:

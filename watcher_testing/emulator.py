@@ -1033,9 +1033,9 @@ async def _serve(settings: EmulatorSettings, pushes: list[tuple[str, str, ImageK
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m watcher.emulator``: run the emulator until SIGINT/SIGTERM (for the demo)."""
+    """``python -m watcher_testing.emulator``: serve until SIGINT or SIGTERM (for the demo)."""
     parser = argparse.ArgumentParser(
-        prog="python -m watcher.emulator", description="Google registry emulator."
+        prog="python -m watcher_testing.emulator", description="Google registry emulator."
     )
     parser.add_argument("--port", type=int, default=0, help="port (0: a free one)")
     parser.add_argument("--bind", default="127.0.0.1")

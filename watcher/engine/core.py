@@ -23,33 +23,25 @@ import redis.asyncio as aioredis
 import structlog
 
 from watcher.blocks import BlockId, Edit, Update
-from watcher.budget import Budget
-from watcher.budget_redis import budgets_for
-from watcher.cache import SharedCache
+from watcher.budget.local import Budget
+from watcher.budget.shared import budgets_for
+from watcher.cluster.connection import connect
+from watcher.cluster.membership import LocalMembership, Membership, ShardMembership
+from watcher.cluster.shards import shard_of
 from watcher.config import Config
-from watcher.discovery import Discovery, FoundBlock, WatchSet
-from watcher.gitops import BranchWriter, GitError, GitMirror, WriteOutcome
-from watcher.leases import LocalMembership, Membership, ShardMembership, connect
-from watcher.lookups import LookupFailed, Lookups
+from watcher.errors import GitError, LookupFailed
+from watcher.gitops.discovery import Discovery, FoundBlock, WatchSet
+from watcher.gitops.mirror import GitMirror
+from watcher.gitops.writer import BranchWriter, WriteOutcome
 from watcher.metrics import Metrics
 from watcher.references import ImageName
-from watcher.shards import shard_of
+from watcher.registry.cache import SharedCache
+from watcher.registry.lookups import Lookups
 from watcher.strategies import Change, Skip, decide, to_edit
+from watcher.tuning import BATCH_DELAY, CONCURRENCY, STOP_GRACE, TAKEOVER_SPAN
 
 log = structlog.get_logger()
 
-# Look-ups in flight at once per process: enough to hide latency, few enough
-# that the budget, not the socket count, decides the pace.
-CONCURRENCY = 16
-# SIGTERM must end the process within 10 s; a push in flight gets this long.
-# Then it is killed (up to 1 s to reap it) and the process still has to close
-# Redis, the HTTP server and the interpreter: 8 s left too little of the 10.
-STOP_GRACE = 6.0
-# Share of the interval over which a taken-over shard's first sweep runs.
-TAKEOVER_SPAN = 0.25
-# Updates for one branch arriving within this long (at most interval/20) go
-# into one commit.
-BATCH_DELAY = 2.0
 
 
 @dataclass
@@ -62,7 +54,7 @@ class CycleReport:
     seconds: float = 0.0
 
 
-class Watcher:
+class Engine:
     """Discovery, look-ups and write-back for every image this process watches."""
 
     def __init__(
@@ -98,7 +90,7 @@ class Watcher:
         # went on top of: block -> (edit, parent commit).
         self._written: dict[BlockId, tuple[Edit, str]] = {}
 
-    async def __aenter__(self) -> Watcher:
+    async def __aenter__(self) -> Engine:
         session = await self._stack.enter_async_context(
             aiohttp.ClientSession(
                 headers={"User-Agent": "image-tag-watcher"},
@@ -140,7 +132,7 @@ class Watcher:
     @property
     def lookups(self) -> Lookups:
         if self._lookups is None:
-            raise RuntimeError("use the Watcher as an async context manager")
+            raise RuntimeError("use the Engine as an async context manager")
         return self._lookups
 
     # --- one cycle -------------------------------------------------------------------

@@ -64,161 +64,22 @@ from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 import structlog
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+
+from watcher import keys
+from watcher.cluster.connection import lua_script
+from watcher.tuning import EXPIRY_SLACK, PROBLEM_LOG_EVERY, RENEW_INTERVALS, TTL_INTERVALS
 
 log = structlog.get_logger()
 
-DEFAULT_PREFIX = "iw:{shards}"
-# Leases live this many intervals; renewal happens every half interval, so a
-# live lease always has at least one interval left when others look at it.
-TTL_INTERVALS = 1.5
-RENEW_INTERVALS = 0.5
-# Woken just after a foreign lease's expiry, not on it: Redis deletes a key
-# only once its expiry is strictly past.
-EXPIRY_SLACK = 0.02
-# Logged at most this often while Redis cannot be reached.
-ERROR_LOG_EVERY = 60.0
 
-TICK = """
-local replica = ARGV[1]
-local ttl = tonumber(ARGV[2])
-local shards = tonumber(ARGV[3])
-local grace = tonumber(ARGV[4])
-local prefix = ARGV[5]
-local floor = tonumber(ARGV[6])
-local held = {}
-for i = 7, #ARGV, 2 do
-  held[tonumber(ARGV[i])] = tonumber(ARGV[i + 1])
-end
-
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-
--- Heartbeat before leases, with the same ttl: a dead replica leaves the live
--- set no later than its leases expire, so whoever finds them free also
--- counts one replica fewer and has room to take them.
-redis.call('ZADD', KEYS[1], now + ttl, replica)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-redis.call('PEXPIRE', KEYS[1], ttl * 2)
-local live = redis.call('ZRANGE', KEYS[1], 0, -1)
-table.sort(live)
-local n = #live
-local rank = 0
-for i, id in ipairs(live) do
-  if id == replica then rank = i - 1 end
-end
-local target = math.floor(shards / n)
-if rank < shards % n then target = target + 1 end
-
-local epoch = tonumber(redis.call('GET', KEYS[2]))
-if not epoch then
-  epoch = now
-  redis.call('SET', KEYS[2], now)
-end
-local settle = epoch + grace - now
-
-local function seed(fkey)
-  if redis.call('EXISTS', fkey) == 0 then
-    redis.call('SET', fkey, math.max(now, floor))
-  end
-end
-
-local mine = {}
-local fences = {}
-local free = {}
-local next_expiry = -1
-for s = 0, shards - 1 do
-  local lkey = prefix .. ':lease:' .. s
-  local fkey = prefix .. ':fence:' .. s
-  local value = redis.call('GET', lkey)
-  if value then
-    local owner, fence = string.match(value, '^(.*):(%d+)$')
-    if owner == replica then
-      mine[#mine + 1] = s
-      fences[s] = tonumber(fence)
-    else
-      local pttl = redis.call('PTTL', lkey)
-      if pttl >= 0 and (next_expiry < 0 or pttl < next_expiry) then next_expiry = pttl end
-    end
-  else
-    local counter = tonumber(redis.call('GET', fkey))
-    local f = held[s]
-    if f and (not counter or counter == f) then
-      -- Ours until a moment ago and nobody took it since: our lease lapsed
-      -- or Redis lost it. Keep the fence: ownership did not change.
-      seed(fkey)
-      mine[#mine + 1] = s
-      fences[s] = f
-    else
-      free[#free + 1] = s
-    end
-  end
-end
-
-local owned = {}
-local keep = math.min(#mine, target)
-for i = #mine, keep + 1, -1 do
-  redis.call('DEL', prefix .. ':lease:' .. mine[i])
-end
-for i = 1, keep do
-  local s = mine[i]
-  redis.call('SET', prefix .. ':lease:' .. s, replica .. ':' .. fences[s], 'PX', ttl)
-  owned[#owned + 1] = s
-  owned[#owned + 1] = fences[s]
-end
-if settle <= 0 then
-  for i = 1, math.min(target - keep, #free) do
-    local s = free[i]
-    local fkey = prefix .. ':fence:' .. s
-    seed(fkey)
-    local f = redis.call('INCR', fkey)
-    redis.call('SET', prefix .. ':lease:' .. s, replica .. ':' .. f, 'PX', ttl)
-    owned[#owned + 1] = s
-    owned[#owned + 1] = f
-  end
-end
-return {n, target, math.max(settle, 0), next_expiry, owned}
-"""
-
-RELEASE = """
-local replica = ARGV[1]
-local prefix = ARGV[2]
-local shards = tonumber(ARGV[3])
-for s = 0, shards - 1 do
-  local lkey = prefix .. ':lease:' .. s
-  local value = redis.call('GET', lkey)
-  if value then
-    local owner = string.match(value, '^(.*):%d+$')
-    if owner == replica then redis.call('DEL', lkey) end
-  end
-end
-redis.call('ZREM', KEYS[1], replica)
-return 1
-"""
+TICK = lua_script(__package__, "tick.lua")
+RELEASE = lua_script(__package__, "release.lua")
 
 
 def default_replica_id() -> str:
     """Host name, pid and a random suffix: unique even when a pod restarts with the same pid."""
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-
-
-def connect(url: str, interval: float) -> aioredis.Redis:
-    """A client suited to :class:`Membership`: no hidden retries, timeouts shorter than a renewal.
-
-    The membership loop retries on its own schedule and must get control back
-    before its leases lapse, so the client's own retries and back-off (by
-    default several seconds) would only be in the way.
-    """
-    timeout = max(0.1, min(5.0, interval * RENEW_INTERVALS / 2))
-    client: aioredis.Redis = aioredis.Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-    )
-    return client
 
 
 class ShardMembership(Protocol):
@@ -291,7 +152,7 @@ class Membership:
         interval: float,
         replica_id: str | None = None,
         *,
-        prefix: str = DEFAULT_PREFIX,
+        prefix: str = keys.SHARDS,
         ttl: float | None = None,
         on_change: OnChange | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -437,7 +298,7 @@ class Membership:
     def _unreachable(self, exc: BaseException) -> None:
         self.connected = False
         now = self._clock()
-        if now - self._last_error_log >= ERROR_LOG_EVERY:
+        if now - self._last_error_log >= PROBLEM_LOG_EVERY:
             self._last_error_log = now
             log.warning(
                 "redis unreachable; still checking the shards held",

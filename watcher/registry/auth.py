@@ -20,18 +20,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from watcher.config import RegistryConfig
+from watcher.errors import CredentialsError
+from watcher.tuning import DEFAULT_TOKEN_LIFETIME
 
 # Google's registries take an OAuth access token as the password of this user.
 GOOGLE_USER = "oauth2accesstoken"
-# A token endpoint that does not say how long its token lives is assumed to
-# grant the minimum the distribution spec allows.
-DEFAULT_TOKEN_LIFETIME = 60.0
 # Docker Hub is written under three names in config.json files and image names.
 _DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
-
-
-class CredentialsError(Exception):
-    """Credentials that are configured but cannot be used (the message never holds a secret)."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,47 @@
+"""``shards.yaml``: loaded once at start, validated, frozen.
+
+:mod:`~watcher.config.settings` holds the frozen dataclasses (and every
+default); :mod:`~watcher.config.loader` reads a file into them, reporting
+every problem as ``file:line: key: what is wrong``.
+"""
+
+from watcher.config.loader import load, load_text
+from watcher.config.settings import (
+    DEFAULT_LIMIT,
+    STRATEGIES,
+    Api,
+    Auth,
+    Author,
+    Config,
+    Defaults,
+    GitConfig,
+    Limit,
+    RedisConfig,
+    RegistryConfig,
+    ServerConfig,
+    Strategy,
+    format_duration,
+    parse_duration,
+    parse_share,
+)
+
+__all__ = [
+    "DEFAULT_LIMIT",
+    "STRATEGIES",
+    "Api",
+    "Auth",
+    "Author",
+    "Config",
+    "Defaults",
+    "GitConfig",
+    "Limit",
+    "RedisConfig",
+    "RegistryConfig",
+    "ServerConfig",
+    "Strategy",
+    "format_duration",
+    "load",
+    "load_text",
+    "parse_duration",
+    "parse_share",
+]

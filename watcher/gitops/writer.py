@@ -1,0 +1,162 @@
+"""The branch writer: one commit per batch of updates on one environment branch.
+
+Blocking; the engine runs :meth:`BranchWriter.write` in a thread. Each
+update carries its *meaning* (an :class:`~watcher.blocks.Edit`), so on a
+push that lost the race the writer fetches, re-applies every update on the
+new head (a person's change made meanwhile wins), and pushes again without
+force, with jittered back-off.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from watcher.blocks import Update
+from watcher.errors import GitError
+from watcher.gitops import values
+from watcher.gitops.mirror import GitMirror
+
+Result = Literal["committed", "unchanged", "conflict", "error"]
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """An update that will not be written, and why (usually: a person changed the block)."""
+
+    update: Update
+    reason: str
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    """What one ``BranchWriter.write`` did.
+
+    ``committed``: ``commit`` is on the branch with every ``applied`` update;
+    ``unchanged``: nothing to commit; ``conflict``: the branch kept moving through every
+    attempt; ``error``: the push failed otherwise. ``pending`` updates were not written
+    and may be retried next cycle; ``dropped`` ones must not be.
+    """
+
+    result: Result
+    commit: str | None = None
+    applied: tuple[Update, ...] = ()
+    dropped: tuple[Dropped, ...] = ()
+    pending: tuple[Update, ...] = ()
+    attempts: int = 0
+    message: str = ""
+    parent: str | None = field(default=None, compare=False)
+
+
+class BranchWriter:
+    """Writes batches of updates to one environment branch, one commit per batch."""
+
+    def __init__(
+        self, mirror: GitMirror, branch: str, *, attempts: int = 5, backoff: float = 0.2
+    ) -> None:
+        self.mirror = mirror
+        self.branch = branch
+        self.attempts = max(1, attempts)
+        self.backoff = backoff
+
+    def write(self, updates: Sequence[Update]) -> WriteOutcome:
+        """Apply the meaning of ``updates`` on the branch head and push; retry on conflict."""
+        todo = [u for u in updates if u.block.branch == self.branch]
+        dropped = [
+            Dropped(u, f"belongs to branch {u.block.branch}, not {self.branch}")
+            for u in updates
+            if u.block.branch != self.branch
+        ]
+        if not todo:
+            return WriteOutcome("unchanged", dropped=tuple(dropped))
+        last = ""
+        for attempt in range(1, self.attempts + 1):
+            try:
+                if attempt > 1:
+                    self.mirror.fetch()
+                head = self.mirror.head(self.branch)
+            except GitError as exc:
+                return self._outcome("error", todo, dropped, attempt, str(exc))
+            if head is None:
+                return self._outcome(
+                    "error", todo, dropped, attempt, f"branch {self.branch} is not on the remote"
+                )
+            try:
+                changes, todo, newly_dropped = self._apply(head, todo)
+            except GitError as exc:
+                return self._outcome("error", todo, dropped, attempt, str(exc))
+            dropped.extend(newly_dropped)
+            if not changes:
+                return WriteOutcome(
+                    "unchanged", dropped=tuple(dropped), attempts=attempt, parent=head
+                )
+            pushed = self.mirror.commit_and_push(self.branch, head, changes, self._message(todo))
+            if pushed.result == "ok":
+                return WriteOutcome(
+                    "committed",
+                    commit=pushed.commit,
+                    applied=tuple(todo),
+                    dropped=tuple(dropped),
+                    attempts=attempt,
+                    parent=head,
+                )
+            if pushed.result == "error":
+                return self._outcome("error", todo, dropped, attempt, pushed.message)
+            last = pushed.message
+            if attempt < self.attempts:
+                # Jittered so that writers racing for one branch do not retry in lockstep.
+                time.sleep(self.backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
+        return self._outcome("conflict", todo, dropped, self.attempts, last)
+
+    @staticmethod
+    def _outcome(
+        result: Result, pending: list[Update], dropped: list[Dropped], attempts: int, message: str
+    ) -> WriteOutcome:
+        return WriteOutcome(
+            result,
+            pending=tuple(pending),
+            dropped=tuple(dropped),
+            attempts=attempts,
+            message=message,
+        )
+
+    def _apply(
+        self, head: str, updates: list[Update]
+    ) -> tuple[dict[str, bytes], list[Update], list[Dropped]]:
+        """The new file contents at ``head``, the updates they carry, and those dropped."""
+        by_file: dict[str, list[Update]] = {}
+        for update in updates:
+            by_file.setdefault(update.block.file, []).append(update)
+        changes: dict[str, bytes] = {}
+        applied: list[Update] = []
+        dropped: list[Dropped] = []
+        for path, group in by_file.items():
+            try:
+                data = self.mirror.read(head, path)
+            except KeyError:
+                dropped.extend(Dropped(u, f"{path} no longer exists") for u in group)
+                continue
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                dropped.extend(Dropped(u, f"{path} is not UTF-8 text") for u in group)
+                continue
+            new_text, results = values.apply_edits(text, [u.edit for u in group])
+            for update, result in zip(group, results, strict=True):
+                if result.applied:
+                    applied.append(update)
+                elif result.status == "already":
+                    dropped.append(Dropped(update, f"already {update.edit.new}"))
+                else:
+                    dropped.append(Dropped(update, result.reason))
+            if new_text != text:
+                changes[path] = new_text.encode("utf-8")
+        return changes, applied, dropped
+
+    def _message(self, applied: Sequence[Update]) -> str:
+        subject = f"image-watcher: update {len(applied)} image(s) on {self.branch}"
+        body = "\n".join(f"- {update.describe()}" for update in applied)
+        return f"{subject}\n\n{body}\n"

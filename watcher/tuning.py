@@ -1,0 +1,85 @@
+"""Every tuning constant of the daemon, in one place, each with the reason for its value.
+
+These are not configuration: each follows from a guarantee (the SIGTERM
+deadline, the budget's cap, the lease protocol) rather than from a site's
+taste. Change one only together with the guarantee it serves.
+"""
+
+from __future__ import annotations
+
+# --- the engine ---------------------------------------------------------------------------
+
+# Look-ups in flight at once per process: enough to hide latency, few enough
+# that the budget, not the socket count, decides the pace.
+CONCURRENCY = 16
+# SIGTERM must end the process within 10 s; a push in flight gets this long.
+# Then it is killed (up to 1 s to reap it) and the process still has to close
+# Redis, the HTTP server and the interpreter: 8 s left too little of the 10.
+STOP_GRACE = 6.0
+# Share of the interval over which a taken-over shard's first sweep runs.
+TAKEOVER_SPAN = 0.25
+# Updates for one branch arriving within this long (at most interval/20) go
+# into one commit.
+BATCH_DELAY = 2.0
+# A supervised task that fails unexpectedly is restarted after this long
+# (doubling per failure in a row, up to the maximum), so a bug that fails at
+# once does not spin a core.
+RESTART_FIRST = 1.0
+RESTART_MAX = 60.0
+
+# --- the request budget -------------------------------------------------------------------
+
+# Time between a grant and the request leaving the socket. Counting a grant
+# this much longer than the window keeps a late send inside the cap.
+SEND_MARGIN = 0.05
+# Histogram resolution of the shared budget's replies: a fallback counts the
+# old shared grants as leaving the window at most W / BUCKETS late, which
+# costs that much throughput once, right after a switch.
+BUDGET_BUCKETS = 10
+# Back-off after a 429 without Retry-After: doubles per consecutive 429, capped.
+THROTTLE_FIRST = 5.0
+THROTTLE_MAX = 300.0
+
+# --- registries ---------------------------------------------------------------------------
+
+# Registries send blobs to storage through a short chain of redirects.
+MAX_REDIRECTS = 5
+# A token endpoint that does not say how long its token lives is assumed to
+# grant the minimum the distribution spec allows.
+DEFAULT_TOKEN_LIFETIME = 60.0
+# Refresh a Google access token this long before it expires: a token that
+# dies in flight costs a 401 and a retry, both drawn from the budget. At most
+# a quarter of the token's life, though: a metadata server hands out its
+# cached token with whatever life it has left (possibly under 5 minutes), and
+# a fixed margin longer than that would refresh on every use.
+REFRESH_MARGIN = 300.0
+REFRESH_SHARE = 0.25
+# After ADC fails (no metadata server, a bad key file), answer with the same
+# failure this long instead of asking again: every image of a registry asks
+# for a token, and each ADC attempt may wait seconds on a metadata ping.
+FAILURE_TTL = 15.0
+# Share of the interval a tag's digest (or a listing) is trusted for in the
+# replicas' shared cache: long enough that a take-over asks once, short
+# enough that the owner's next sweep asks afresh.
+FRESH_SHARE = 0.5
+
+# --- shard leases -------------------------------------------------------------------------
+
+# Leases live this many intervals; renewal happens every half interval, so a
+# live lease always has at least one interval left when others look at it.
+TTL_INTERVALS = 1.5
+RENEW_INTERVALS = 0.5
+# Woken just after a foreign lease's expiry, not on it: Redis deletes a key
+# only once its expiry is strictly past.
+EXPIRY_SLACK = 0.02
+
+# --- git ----------------------------------------------------------------------------------
+
+# How long a fetch or push may take before it is killed (``git.timeout``'s default).
+GIT_TIMEOUT = 60.0
+
+# --- logs ---------------------------------------------------------------------------------
+
+# A condition that lasts (Redis out of reach, a degraded budget, a cache that
+# fails) is logged at most this often, so an outage does not flood the logs.
+PROBLEM_LOG_EVERY = 60.0
