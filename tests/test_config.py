@@ -216,3 +216,27 @@ def test_missing_file_exits_2(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "cannot read" in result.stderr
+
+
+def test_every_key_a_section_reads_is_a_field_of_its_dataclass() -> None:
+    """One source for every default: each converter names a field whose default it falls
+    back on, and every setting an SRE can write has a converter."""
+    from dataclasses import fields
+
+    from watcher.config import loader, settings
+
+    tables = [
+        (settings.Config, loader.TOP, {"source", *loader.SECTIONS}),
+        (settings.Limit, loader.LIMIT, {"name"}),
+        (settings.RegistryConfig, loader.REGISTRY, set()),
+        (settings.GitConfig, loader.GIT, {"author"}),
+        (settings.Author, loader.AUTHOR, set()),
+        (settings.RedisConfig, loader.REDIS, set()),
+        (settings.Defaults, loader.DEFAULTS, set()),
+        (settings.ServerConfig, loader.SERVER, set()),
+    ]
+    for cls, table, elsewhere in tables:
+        names = {f.name for f in fields(cls)}
+        assert set(table) | elsewhere == names, cls.__name__
+        for name in table:
+            loader.default(cls, name)  # raises when the field has no default

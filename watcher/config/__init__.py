@@ -5,6 +5,7 @@ default); :mod:`~watcher.config.loader` reads a file into them, reporting
 every problem as ``file:line: key: what is wrong``.
 """
 
+from watcher.config.convert import format_duration, parse_duration, parse_share
 from watcher.config.loader import load, load_text
 from watcher.config.settings import (
     DEFAULT_LIMIT,
@@ -20,9 +21,6 @@ from watcher.config.settings import (
     RegistryConfig,
     ServerConfig,
     Strategy,
-    format_duration,
-    parse_duration,
-    parse_share,
 )
 
 __all__ = [

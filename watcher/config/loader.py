@@ -1,25 +1,42 @@
 """Reading ``shards.yaml``: every value converted and checked, every problem collected.
 
-Validation collects every problem, each as ``file:line: key: what is wrong``,
-and the CLI exits 2 with all of them: an SRE fixes a file in one pass, not one
-error per restart.
+Each section is a frozen dataclass of :mod:`watcher.config.settings` and a
+table of converters here, one per key: the known keys are the table's, and
+an absent key takes the dataclass field's default, so defaults are written
+once. Validation collects every problem, each as ``file:line: key: what is
+wrong``, and the CLI exits 2 with all of them: an SRE fixes a file in one
+pass, not one error per restart.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import replace
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, get_args
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from watcher.config.convert import (
+    Convert,
+    boolean,
+    choice,
+    duration,
+    globs,
+    integer,
+    nonempty_string,
+    optional_string,
+    share,
+    string,
+)
 from watcher.config.settings import (
     DEFAULT_LIMIT,
     STRATEGIES,
+    Api,
+    Auth,
     Author,
     Config,
     Defaults,
@@ -28,12 +45,48 @@ from watcher.config.settings import (
     RedisConfig,
     RegistryConfig,
     ServerConfig,
-    parse_duration,
-    parse_share,
 )
 from watcher.errors import ConfigError
 
-# --- loading -----------------------------------------------------------------
+T = TypeVar("T")
+
+# One converter per key a section accepts; every other field keeps its default.
+TOP: dict[str, Convert] = {"shards": integer(1, 65536), "interval": duration}
+LIMIT: dict[str, Convert] = {"requests": integer(1), "per": duration, "headroom": share}
+REGISTRY: dict[str, Convert] = {
+    "host": nonempty_string,
+    "api": choice(get_args(Api)),
+    "auth": choice(get_args(Auth)),
+    "limit": nonempty_string,
+    "insecure": boolean,
+    "username_env": nonempty_string,
+    "password_env": nonempty_string,
+    "config": nonempty_string,
+    "timeout": duration,
+}
+GIT: dict[str, Convert] = {
+    "url": string,
+    "branches": globs,
+    "files": globs,
+    "workdir": string,
+    "timeout": duration,
+}
+AUTHOR: dict[str, Convert] = {"name": nonempty_string, "email": nonempty_string}
+REDIS: dict[str, Convert] = {"url": optional_string}
+DEFAULTS: dict[str, Convert] = {"strategy": choice(STRATEGIES)}
+SERVER: dict[str, Convert] = {"port": integer(0, 65535)}
+SECTIONS = ("redis", "limits", "registries", "git", "defaults", "server")
+
+
+def default(cls: type[Any], name: str) -> Any:
+    """The default of field ``name`` of dataclass ``cls``: the one place it is written."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+    raise KeyError(f"{cls.__name__} has no field {name} with a default")
 
 
 class _Reader:
@@ -80,100 +133,43 @@ class _Reader:
                 )
         return node
 
-    def get(
-        self,
-        node: CommentedMap,
-        key: str,
-        path: str,
-        convert: Callable[[Any], Any],
-        default: Any,
-    ) -> Any:
+    def get(self, node: CommentedMap, key: str, path: str, convert: Convert, fallback: Any) -> Any:
         if key not in node:
-            return default
+            return fallback
         full = f"{path}.{key}" if path else key
         try:
             return convert(node[key])
         except (ValueError, TypeError) as exc:
             self.problem(node, key, full, str(exc))
-            return default
+            return fallback
+
+    def values(
+        self, node: CommentedMap, path: str, cls: type[Any], converters: dict[str, Convert]
+    ) -> dict[str, Any]:
+        """Every key of ``converters`` read from ``node``, absent ones at ``cls``'s defaults."""
+        return {
+            name: self.get(node, name, path, convert, default(cls, name))
+            for name, convert in converters.items()
+        }
+
+    def section(
+        self,
+        parent: CommentedMap,
+        key: str,
+        cls: type[T],
+        converters: dict[str, Convert],
+        path: str | None = None,
+    ) -> T:
+        """A whole mapping section (``redis``, ``server``...) as its dataclass."""
+        path = path or key
+        node = self.mapping(parent.get(key), path, set(converters), parent, key)
+        return cls(**self.values(node, path, cls, converters))
 
 
-def _int(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
-    def convert(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"must be an integer, not {value!r}")
-        if value < minimum or (maximum is not None and value > maximum):
-            upper = f" and at most {maximum}" if maximum is not None else ""
-            raise ValueError(f"must be at least {minimum}{upper}, not {value}")
-        return int(value)
-
-    return convert
-
-
-def _str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"must be a string, not {value!r}")
-    return str(value)
-
-
-def _nonempty_str(value: Any) -> str:
-    text = _str(value)
-    if not text.strip():
-        raise ValueError("must not be empty")
-    return text
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"must be true or false, not {value!r}")
-    return value
-
-
-def _duration(value: Any) -> float:
-    if not isinstance(value, str):
-        raise ValueError(f"must be a duration such as 90s, 2m or 1h, not {value!r}")
-    return parse_duration(value)
-
-
-def _share(value: Any) -> float:
-    if not isinstance(value, str):
-        raise ValueError(f"must be a percentage such as 5%, not {value!r}")
-    return parse_share(value)
-
-
-def _choice(*choices: str) -> Callable[[Any], str]:
-    def convert(value: Any) -> str:
-        # YAML 1.1 readers take an unquoted `off` for false; accept it as "off".
-        if value is False and "off" in choices:
-            return "off"
-        if not isinstance(value, str) or value not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}, not {value!r}")
-        return value
-
-    return convert
-
-
-def _globs(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not value:
-        raise ValueError("must be a non-empty list of globs")
-    globs = []
-    for item in value:
-        if not isinstance(item, str) or not item.strip():
-            raise ValueError(f"every glob must be a non-empty string, not {item!r}")
-        globs.append(str(item))
-    return tuple(globs)
-
-
-def load_text(
-    text: str, source: str = "<string>", environ: Mapping[str, str] | None = None
-) -> Config:
-    """Parse and validate a ``shards.yaml`` text; raise ConfigError listing every problem."""
-    environ = os.environ if environ is None else environ
+def _parse(text: str, source: str) -> Any:
     yaml = YAML(typ="rt")
     try:
-        root = yaml.load(text)
+        return yaml.load(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
@@ -183,145 +179,89 @@ def load_text(
     except RecursionError:
         # ruamel recurses once per nesting level; a traceback is not an error message.
         raise ConfigError([f"{source}:1: (yaml): the YAML nests too deeply to be read"]) from None
-    r = _Reader(source)
-    top = r.mapping(
-        root,
-        "",
-        {"shards", "interval", "redis", "limits", "registries", "git", "defaults", "server"},
-    )
-    if root is not None and not isinstance(root, CommentedMap):
-        raise ConfigError(r.problems)
 
-    shards = r.get(top, "shards", "", _int(1, 65536), 16)
-    interval = r.get(top, "interval", "", _duration, 120.0)
 
-    redis_node = r.mapping(top.get("redis"), "redis", {"url"}, top, "redis")
-    redis = RedisConfig(
-        url=r.get(redis_node, "url", "redis", lambda v: "" if v is None else _str(v), "")
-    )
-
+def _limits(r: _Reader, top: CommentedMap) -> dict[str, Limit]:
     limits: dict[str, Limit] = {}
-    limits_node = top.get("limits")
-    if limits_node is not None and not isinstance(limits_node, CommentedMap):
+    node = top.get("limits")
+    if node is not None and not isinstance(node, CommentedMap):
         r.problem(top, "limits", "limits", "must be a mapping of budget names")
-    elif limits_node is not None:
-        for name, node in limits_node.items():
+    elif node is not None:
+        for name, entry in node.items():
             path = f"limits.{name}"
             if not isinstance(name, str) or not name:
-                r.problem(limits_node, name, path, "budget names must be non-empty strings")
+                r.problem(node, name, path, "budget names must be non-empty strings")
                 continue
-            m = r.mapping(node, path, {"requests", "per", "headroom"}, limits_node, name)
-            limits[name] = Limit(
-                name=name,
-                requests=r.get(m, "requests", path, _int(1), 10_000),
-                per=r.get(m, "per", path, _duration, 600.0),
-                headroom=r.get(m, "headroom", path, _share, 0.05),
-            )
-    if DEFAULT_LIMIT not in limits:
-        limits[DEFAULT_LIMIT] = Limit()
+            m = r.mapping(entry, path, set(LIMIT), node, name)
+            limits[name] = Limit(name=name, **r.values(m, path, Limit, LIMIT))
+    limits.setdefault(DEFAULT_LIMIT, Limit())
+    return limits
 
+
+def _registries(
+    r: _Reader, top: CommentedMap, limits: Mapping[str, Limit]
+) -> tuple[RegistryConfig, ...]:
     registries: list[RegistryConfig] = []
-    reg_node = top.get("registries")
-    if reg_node is not None and not isinstance(reg_node, CommentedSeq):
+    node = top.get("registries")
+    if node is not None and not isinstance(node, CommentedSeq):
         r.problem(top, "registries", "registries", "must be a list")
-    elif reg_node is not None:
-        allowed = {
-            "host",
-            "api",
-            "auth",
-            "limit",
-            "insecure",
-            "username_env",
-            "password_env",
-            "config",
-            "timeout",
-        }
-        for index, node in enumerate(reg_node):
-            path = f"registries[{index}]"
-            m = r.mapping(node, path, allowed, reg_node, index)
-            if isinstance(node, CommentedMap) and "host" not in m:
-                r.problem(reg_node, index, f"{path}.host", "is required")
-            registry = RegistryConfig(
-                host=r.get(m, "host", path, _nonempty_str, "*"),
-                api=r.get(m, "api", path, _choice("google", "v2"), "v2"),
-                auth=r.get(
-                    m,
-                    "auth",
-                    path,
-                    _choice("google", "anonymous", "basic", "dockerconfig"),
-                    "anonymous",
-                ),
-                limit=r.get(m, "limit", path, _nonempty_str, DEFAULT_LIMIT),
-                insecure=r.get(m, "insecure", path, _bool, False),
-                username_env=r.get(m, "username_env", path, _nonempty_str, None),
-                password_env=r.get(m, "password_env", path, _nonempty_str, None),
-                config=r.get(m, "config", path, _nonempty_str, None),
-                timeout=r.get(m, "timeout", path, _duration, 30.0),
-            )
-            if "limit" in m and registry.limit not in limits:
-                r.problem(
-                    m,
-                    "limit",
-                    f"{path}.limit",
-                    f"names no budget under limits: (known: {', '.join(sorted(limits))})",
-                )
-            if registry.auth == "basic" and not (registry.username_env and registry.password_env):
-                r.problem(
-                    reg_node, index, f"{path}.auth", "basic needs username_env and password_env"
-                )
-            if registry.auth == "dockerconfig" and not registry.config:
-                r.problem(
-                    reg_node,
-                    index,
-                    f"{path}.auth",
-                    "dockerconfig needs config: the path of a config.json",
-                )
-            registries.append(registry)
+        return ()
+    for index, entry in enumerate(node or ()):
+        path = f"registries[{index}]"
+        m = r.mapping(entry, path, set(REGISTRY), node, index)
+        if isinstance(entry, CommentedMap) and "host" not in m:
+            r.problem(node, index, f"{path}.host", "is required")
+        registry = RegistryConfig(**r.values(m, path, RegistryConfig, REGISTRY))
+        if "limit" in m and registry.limit not in limits:
+            why = f"names no budget under limits: (known: {', '.join(sorted(limits))})"
+            r.problem(m, "limit", f"{path}.limit", why)
+        if registry.auth == "basic" and not (registry.username_env and registry.password_env):
+            r.problem(node, index, f"{path}.auth", "basic needs username_env and password_env")
+        if registry.auth == "dockerconfig" and not registry.config:
+            why = "dockerconfig needs config: the path of a config.json"
+            r.problem(node, index, f"{path}.auth", why)
+        registries.append(registry)
+    return tuple(registries)
 
-    git_node = r.mapping(
-        top.get("git"),
-        "git",
-        {"url", "branches", "files", "author", "workdir", "timeout"},
-        top,
-        "git",
-    )
-    author_node = r.mapping(
-        git_node.get("author"), "git.author", {"name", "email"}, git_node, "author"
-    )
-    git = GitConfig(
-        url=r.get(git_node, "url", "git", _str, ""),
-        branches=r.get(git_node, "branches", "git", _globs, GitConfig.branches),
-        files=r.get(git_node, "files", "git", _globs, GitConfig.files),
-        author=Author(
-            name=r.get(author_node, "name", "git.author", _nonempty_str, Author.name),
-            email=r.get(author_node, "email", "git.author", _nonempty_str, Author.email),
-        ),
-        workdir=r.get(git_node, "workdir", "git", _str, ""),
-        timeout=r.get(git_node, "timeout", "git", _duration, 60.0),
-    )
+
+def _git(r: _Reader, top: CommentedMap, environ: Mapping[str, str]) -> GitConfig:
+    node = r.mapping(top.get("git"), "git", {*GIT, "author"}, top, "git")
+    author = r.section(node, "author", Author, AUTHOR, "git.author")
+    git = GitConfig(author=author, **r.values(node, "git", GitConfig, GIT))
     if environ.get("WATCHER_GIT_URL"):
-        git = replace(git, url=environ["WATCHER_GIT_URL"])
+        git = dataclasses.replace(git, url=environ["WATCHER_GIT_URL"])
     if not git.url:
         line = r.line(top, "git") if "git" in top else 1
-        r.problems.append(f"{source}:{line}: git.url: is required (or set WATCHER_GIT_URL)")
+        r.problems.append(f"{r.source}:{line}: git.url: is required (or set WATCHER_GIT_URL)")
+    return git
+
+
+def load_text(
+    text: str, source: str = "<string>", environ: Mapping[str, str] | None = None
+) -> Config:
+    """Parse and validate a ``shards.yaml`` text; raise ConfigError listing every problem."""
+    environ = os.environ if environ is None else environ
+    root = _parse(text, source)
+    r = _Reader(source)
+    top = r.mapping(root, "", {*TOP, *SECTIONS})
+    if root is not None and not isinstance(root, CommentedMap):
+        raise ConfigError(r.problems)
+    scalars = r.values(top, "", Config, TOP)
+    redis = r.section(top, "redis", RedisConfig, REDIS)
+    limits = _limits(r, top)
+    registries = _registries(r, top, limits)
+    git = _git(r, top, environ)
     if environ.get("WATCHER_REDIS_URL"):
         redis = RedisConfig(url=environ["WATCHER_REDIS_URL"])
-
-    defaults_node = r.mapping(top.get("defaults"), "defaults", {"strategy"}, top, "defaults")
-    defaults = Defaults(
-        strategy=r.get(defaults_node, "strategy", "defaults", _choice(*STRATEGIES), "digest")
-    )
-    server_node = r.mapping(top.get("server"), "server", {"port"}, top, "server")
-    server = ServerConfig(port=r.get(server_node, "port", "server", _int(0, 65535), 8080))
-
+    defaults = r.section(top, "defaults", Defaults, DEFAULTS)
+    server = r.section(top, "server", ServerConfig, SERVER)
     if r.problems:
         raise ConfigError(r.problems)
     return Config(
-        shards=shards,
-        interval=interval,
+        **scalars,
         redis=redis,
         limits=limits,
-        registries=tuple(registries),
+        registries=registries,
         git=git,
         defaults=defaults,
         server=server,

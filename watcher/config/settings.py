@@ -2,71 +2,42 @@
 
 Every concern gets one frozen dataclass, so a minimal file (just ``git.url``)
 is a working configuration. The loader (:mod:`watcher.config.loader`) takes
-its defaults from these fields and its choices from the ``Literal`` types, so
-each default is written once, here.
+its defaults from these fields, its known keys from their names and its
+choices from the ``Literal`` types, so each is written once, here. A field's
+docstring is what ``shards.yaml`` documents for its key.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 Strategy = Literal["digest", "newest", "semver", "lexical", "off"]
-STRATEGIES: tuple[Strategy, ...] = ("digest", "newest", "semver", "lexical", "off")
+STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 Api = Literal["google", "v2"]
 Auth = Literal["google", "anonymous", "basic", "dockerconfig"]
 
 DEFAULT_LIMIT = "default"
-
-_DURATION_RE = re.compile(r"(?P<n>[0-9]+(?:\.[0-9]+)?)(?P<unit>ms|s|m|h)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_SHARE_RE = re.compile(r"(?P<n>[0-9]+(?:\.[0-9]+)?)%")
-
-
-
-
-def parse_duration(text: str) -> float:
-    """``90s``, ``2m``, ``10m``, ``1h`` (and ``500ms``) to seconds; anything else is an error."""
-    match = _DURATION_RE.fullmatch(text.strip()) if isinstance(text, str) else None
-    if match is None:
-        raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 2m, 10m, 1h)")
-    seconds = float(match["n"]) * _UNITS[match["unit"]]
-    if seconds <= 0:
-        raise ValueError(f"duration must be positive: {text!r}")
-    return seconds
-
-
-def parse_share(text: str) -> float:
-    """``5%`` to 0.05; only 0% up to (not including) 100%."""
-    match = _SHARE_RE.fullmatch(text.strip()) if isinstance(text, str) else None
-    if match is None:
-        raise ValueError(f"not a percentage: {text!r} (use e.g. 5%)")
-    share = float(match["n"]) / 100
-    if not 0 <= share < 1:
-        raise ValueError(f"percentage must be at least 0% and below 100%: {text!r}")
-    return share
-
-
-def format_duration(seconds: float) -> str:
-    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
+"""The budget a registry entry without ``limit`` draws from (always defined)."""
 
 
 @dataclass(frozen=True)
 class Limit:
-    """A named request budget: a hard cap over a sliding window."""
+    """A named request budget (``limits.<name>``): a hard cap over a sliding window."""
 
     name: str = DEFAULT_LIMIT
+    """The key under ``limits:``."""
     requests: int = 10_000
+    """The registry's quota: requests allowed per window (GCR: 10,000 per 10 minutes)."""
     per: float = 600.0
+    """The window, in seconds (``10m``)."""
     headroom: float = 0.05
+    """Share of the quota never used (``5%``): room for the gap between grant and send,
+    and for a replica cut off from Redis."""
 
     @property
     def cap(self) -> int:
@@ -76,17 +47,28 @@ class Limit:
 
 @dataclass(frozen=True)
 class RegistryConfig:
-    """How to talk to the registries whose host matches ``host`` (exact or glob)."""
+    """How to talk to the registries whose host matches ``host`` (``registries[]``)."""
 
     host: str = "*"
+    """An exact host, or a glob such as ``*.gcr.io`` or ``*-docker.pkg.dev``."""
     api: Api = "v2"
+    """``google``: GCR / Artifact Registry (one tags/list answers everything);
+    ``v2``: any OCI registry."""
     auth: Auth = "anonymous"
+    """``google`` (Application Default Credentials), ``anonymous``, ``basic``
+    (``username_env``/``password_env``) or ``dockerconfig`` (``config``)."""
     limit: str = DEFAULT_LIMIT
+    """The budget (key under ``limits:``) its requests draw from."""
     insecure: bool = False
+    """Plain http (local registries, tests)."""
     username_env: str | None = None
+    """``basic``: the environment variable holding the user name."""
     password_env: str | None = None
-    config: str | None = None  # dockerconfig: path to a config.json
+    """``basic``: the environment variable holding the password."""
+    config: str | None = None
+    """``dockerconfig``: the path of a ``config.json``."""
     timeout: float = 30.0
+    """A request taking longer is abandoned (and retried, within the budget)."""
 
     def matches(self, host: str) -> bool:
         return fnmatch.fnmatchcase(host.lower(), self.host.lower())
@@ -94,48 +76,75 @@ class RegistryConfig:
 
 @dataclass(frozen=True)
 class Author:
+    """Who the watcher's own commits are by (``git.author``)."""
+
     name: str = "image-watcher"
     email: str = "image-watcher@localhost"
 
 
 @dataclass(frozen=True)
 class GitConfig:
+    """The GitOps remote (``git``)."""
+
     url: str = ""
+    """Any git URL (``git@...``, ``https://...``, ``file://`` or a path); required.
+    ``WATCHER_GIT_URL`` overrides it."""
     branches: tuple[str, ...] = ("environment/*",)
+    """Globs of the branches that are environments."""
     files: tuple[str, ...] = ("apps/*/values.yaml", "values.yaml")
+    """Globs of the files that hold image blocks (``*`` within a folder, ``**`` across)."""
     author: Author = field(default_factory=Author)
-    # Where the clone is kept between cycles (fetched, never re-cloned).
+    """The author and committer of the watcher's commits."""
     workdir: str = ""
-    # A fetch or push taking longer is killed (and retried next cycle).
+    """Where the clone is kept between cycles (fetched, never re-cloned); empty:
+    under the cache directory."""
     timeout: float = 60.0
+    """A fetch or push taking longer is killed (and retried next cycle)."""
 
 
 @dataclass(frozen=True)
 class RedisConfig:
+    """The Redis every replica shares (``redis``)."""
+
     url: str = ""
+    """``redis://``, ``rediss://`` or ``unix://``; empty: an in-process budget and one
+    replica. ``WATCHER_REDIS_URL`` overrides it."""
 
 
 @dataclass(frozen=True)
 class Defaults:
+    """Policy for blocks whose ``watch`` leaves a key out (``defaults``)."""
+
     strategy: Strategy = "digest"
+    """The strategy of a block without ``watch.strategy``."""
 
 
 @dataclass(frozen=True)
 class ServerConfig:
+    """The HTTP server (``server``)."""
+
     port: int = 8080
+    """``/metrics``, ``/healthz`` and ``/readyz``; 0: any free port."""
 
 
 @dataclass(frozen=True)
 class Config:
+    """The whole of ``shards.yaml``."""
+
     shards: int = 16
+    """Logical consistent-hash slices of image names (fixed; not replicas)."""
     interval: float = 120.0
+    """How often each image is checked, in seconds (``2m``)."""
     redis: RedisConfig = field(default_factory=RedisConfig)
     limits: Mapping[str, Limit] = field(default_factory=lambda: {DEFAULT_LIMIT: Limit()})
+    """Named request budgets; ``default`` always exists."""
     registries: tuple[RegistryConfig, ...] = ()
+    """How to reach each registry; the first entry whose host matches wins."""
     git: GitConfig = field(default_factory=GitConfig)
     defaults: Defaults = field(default_factory=Defaults)
     server: ServerConfig = field(default_factory=ServerConfig)
     source: str = "<defaults>"
+    """The file it was read from (for messages); not a key."""
 
     def registry_for(self, host: str) -> RegistryConfig:
         """The first entry whose host matches; unknown hosts get plain v2 defaults."""
