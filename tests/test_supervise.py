@@ -3,6 +3,10 @@
 The helper itself, as asyncio units with tasks that raise: a failure is logged
 with its traceback and counted by its type's stage, then the task is restarted
 with back-off or the process is stopped on purpose; never silently dead.
+
+And a real daemon whose writer meets a values file no code foresaw: the
+writer fails, is restarted, the other branch keeps being written, and this
+branch is written once the file can be read again.
 """
 
 from __future__ import annotations
@@ -12,16 +16,22 @@ import io
 import itertools
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import structlog
 
+from tests.conftest import GitRemote, make_remote
+from tests.soak import Daemon, config_text, is_ancestor, shasums
 from watcher import logs
 from watcher.engine.supervise import Supervisor, sleep_until
 from watcher.errors import GitError
 from watcher.metrics import Metrics
+from watcher_testing.emulator import EmulatorSettings, GoogleRegistryEmulator
 
 
 @pytest.fixture
@@ -206,3 +216,111 @@ async def test_sleep_until_wakes_on_stop() -> None:
     await sleep_until(began + 30, stop)
     assert loop.time() - began < 5
     await sleep_until(began - 1, stop)  # a time already past: no wait
+
+
+# --- a real daemon, a writer that meets what nobody foresaw ----------------------------------
+
+INTERVAL = 1.0
+BRANCHES = ("environment/a", "environment/b")
+# A YAML 1.3 directive. YAML 1.2 says a processor should read a later 1.x
+# version with a warning; the values reader (ruamel.yaml) fails an assertion
+# instead, an AssertionError that neither discovery nor the branch writer
+# expects. If the reader learns to handle it, this test fails loudly at
+# "never failed" below: provoke the writer with another input it does not foresee.
+UNFORESEEN = "%YAML 1.3\n---\n"
+
+
+@asynccontextmanager
+async def daemon(tmp_path: Path) -> AsyncIterator[tuple[GoogleRegistryEmulator, GitRemote, Daemon]]:
+    async with GoogleRegistryEmulator(EmulatorSettings(auth_required=False)) as emu:
+        emu.push("proj/app0", "master")
+        files = {
+            "apps/app0/values.yaml": f"image:\n  repository: {emu.host}/proj/app0\n  tag: master\n"
+        }
+        remote = make_remote(tmp_path, dict.fromkeys(BRANCHES, files))
+        config = tmp_path / "shards.yaml"
+        config.write_text(config_text(emu.host, remote.url, "", interval=INTERVAL))
+        proc = Daemon(tmp_path / "replica", config)
+        proc.start()
+        try:
+            yield emu, remote, proc
+        finally:
+            code, seconds = await proc.terminate()
+            assert code == 0 and seconds <= 10, (code, seconds)
+
+
+async def shown(remote: GitRemote, branch: str, digest: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        seen = await asyncio.to_thread(shasums, remote, [branch], ["proj/app0"])
+        if seen[(branch, "proj/app0")] == digest:
+            return
+        assert time.monotonic() < deadline, f"{branch} never showed {digest}: {seen}"
+        await asyncio.sleep(0.1)
+
+
+async def until(proc: Daemon, what: str, match: Any, seconds: float) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + seconds
+    while True:
+        found = [e for e in proc.events() if match(e)]
+        if found:
+            return found
+        assert proc.alive(), f"the daemon died waiting for {what}"
+        assert time.monotonic() < deadline, f"{what}: never happened"
+        await asyncio.sleep(0.1)
+
+
+async def internal_errors(proc: Daemon) -> float:
+    [serving] = [e for e in proc.events() if e.get("event") == "serving"]
+    url = f"http://127.0.0.1:{serving['port']}/metrics"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        text = await response.text()
+    for line in text.splitlines():
+        if line.startswith('image_watcher_errors_total{stage="internal"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def test_a_writer_that_fails_unexpectedly_is_restarted_and_the_others_keep_writing(
+    tmp_path: Path,
+) -> None:
+    async with daemon(tmp_path) as (emu, remote, proc):
+        first = emu.resolve("proj/app0", "master")
+        for branch in BRANCHES:
+            await shown(remote, branch, first, 15)
+        await asyncio.sleep(2 * INTERVAL)  # a discovery has read both commits
+
+        # A person gives branch a's file a directive the writer cannot read;
+        # then a new build is pushed.
+        text = remote.read("environment/a", "apps/app0/values.yaml")
+        person = remote.commit(
+            "environment/a", {"apps/app0/values.yaml": UNFORESEEN + text}, "yaml 1.3"
+        )
+        second = emu.push("proj/app0", "master")
+
+        # Branch b is written all the same; branch a's writer fails and is restarted.
+        await shown(remote, "environment/b", second, 10)
+
+        def writer_a_failed(e: dict[str, Any]) -> bool:
+            return e.get("event") == "task failed" and e.get("task") == "writer environment/a"
+
+        failed = await until(proc, "writer environment/a never failed", writer_a_failed, 10)
+        assert failed[0]["stage"] == "internal"
+        assert "AssertionError" in failed[0]["error"]
+        assert "Traceback (most recent call last)" in failed[0]["exception"]
+        await until(
+            proc,
+            "the writer was not restarted",
+            lambda e: (
+                e.get("event") == "task restarting" and e.get("task") == "writer environment/a"
+            ),
+            10,
+        )
+        assert await internal_errors(proc) >= 1
+        assert proc.alive()
+
+        # The person fixes the file: the restarted writer writes branch a.
+        remote.commit("environment/a", {"apps/app0/values.yaml": text}, "back to yaml 1.1")
+        await shown(remote, "environment/a", second, 20)
+        assert is_ancestor(remote, person, "environment/a")
+        assert proc.alive()
