@@ -19,6 +19,8 @@ from watcher.engine import Engine
 from watcher.references import canonical_name
 from watcher_testing.images import push_image
 
+pytestmark = pytest.mark.integration
+
 
 def shasum(remote: GitRemote, branch: str) -> str | None:
     for line in remote.read(branch, "apps/api/values.yaml").splitlines():

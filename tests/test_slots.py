@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from watcher.engine.slots import Grid, next_tick, phase, slot_starts, sweep_span
 from watcher.tuning import TAKEOVER_SPAN
 
+pytestmark = pytest.mark.unit
+
 
 def test_images_are_spread_evenly_over_the_interval_not_burst_at_its_start() -> None:
     assert slot_starts(100.0, 4, 60.0, 0.0) == [100.0, 115.0, 130.0, 145.0]

@@ -70,6 +70,7 @@ class Flaky:
             raise self.error
 
 
+@pytest.mark.unit
 async def test_a_failing_task_is_logged_with_its_traceback_counted_and_restarted(
     captured: io.StringIO,
 ) -> None:
@@ -95,6 +96,7 @@ async def test_a_failing_task_is_logged_with_its_traceback_counted_and_restarted
     assert not stop.is_set() and supervisor.fatal is None
 
 
+@pytest.mark.unit
 async def test_the_stage_comes_from_the_error_type() -> None:
     metrics, stop = Metrics(), asyncio.Event()
     async with asyncio.TaskGroup() as group:
@@ -105,6 +107,7 @@ async def test_the_stage_comes_from_the_error_type() -> None:
     assert errors(metrics, "internal") == 1
 
 
+@pytest.mark.unit
 async def test_back_off_doubles_per_failure_in_a_row_up_to_the_maximum() -> None:
     metrics, stop = Metrics(), asyncio.Event()
     body = Flaky(5, RuntimeError("fails at once"))
@@ -118,6 +121,7 @@ async def test_back_off_doubles_per_failure_in_a_row_up_to_the_maximum() -> None
         assert gap >= least * 0.95, gaps
 
 
+@pytest.mark.unit
 async def test_a_failure_after_a_long_run_is_not_a_failure_in_a_row(
     captured: io.StringIO,
 ) -> None:
@@ -141,6 +145,7 @@ async def test_a_failure_after_a_long_run_is_not_a_failure_in_a_row(
     assert restarting == [0.02, 0.04, 0.02]
 
 
+@pytest.mark.unit
 async def test_a_task_the_process_cannot_run_without_stops_it_on_purpose(
     captured: io.StringIO,
 ) -> None:
@@ -160,6 +165,7 @@ async def test_a_task_the_process_cannot_run_without_stops_it_on_purpose(
     assert stopping and stopping[0]["task"] == "membership"
 
 
+@pytest.mark.unit
 async def test_a_one_shot_task_that_fails_ends_and_its_siblings_go_on() -> None:
     metrics, stop = Metrics(), asyncio.Event()
     body = Flaky(1, ZeroDivisionError("division by zero"))
@@ -177,6 +183,7 @@ async def test_a_one_shot_task_that_fails_ends_and_its_siblings_go_on() -> None:
     assert errors(metrics, "internal") == 1 and not stop.is_set()
 
 
+@pytest.mark.unit
 async def test_cancellation_is_not_a_failure() -> None:
     metrics, stop = Metrics(), asyncio.Event()
     started = asyncio.Event()
@@ -193,6 +200,7 @@ async def test_cancellation_is_not_a_failure() -> None:
     assert errors(metrics, "internal") == 0
 
 
+@pytest.mark.unit
 async def test_stop_during_the_back_off_ends_the_task_at_once() -> None:
     metrics, stop = Metrics(), asyncio.Event()
     body = Flaky(10, RuntimeError("again"))
@@ -208,6 +216,7 @@ async def test_stop_during_the_back_off_ends_the_task_at_once() -> None:
     assert len(body.starts) == 1 and task.done() and not task.cancelled()
 
 
+@pytest.mark.unit
 async def test_sleep_until_wakes_on_stop() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -281,6 +290,7 @@ async def internal_errors(proc: Daemon) -> float:
     return 0.0
 
 
+@pytest.mark.integration
 async def test_a_writer_that_fails_unexpectedly_is_restarted_and_the_others_keep_writing(
     tmp_path: Path,
 ) -> None:
