@@ -210,6 +210,10 @@ class WriteBack:
         self._stop = stop
 
     def queue(self, update: Update, shard: int, fence: int | None) -> None:
+        if self._stopping():
+            # No new write starts once stopping (and no new writer, which
+            # nothing would end); the next run decides again.
+            return
         branch = update.block.branch
         queue = self._queues.get(branch)
         if queue is None:
@@ -227,14 +231,14 @@ class WriteBack:
     async def _writer(self, branch: str) -> None:
         """Batch what arrives for one branch into one commit; retry what a push left pending."""
         queue = self._queues[branch]
-        while True:
+        while not self._stopping():
             # With updates pending from a failed push, try again after an
             # interval even if nothing new arrives.
             timeout = self._interval if self.pending.get(branch) else None
             batch = self._admit(branch, await self._collect(queue, timeout))
             if not batch:
                 continue
-            if self._stop is not None and self._stop.is_set():
+            if self._stopping():
                 # Stopping: only the write already in flight may finish.
                 return
             await self.write(branch, batch)
@@ -242,6 +246,9 @@ class WriteBack:
             for block in list(fences):
                 if block not in self.pending[branch]:
                     del fences[block]
+
+    def _stopping(self) -> bool:
+        return self._stop is not None and self._stop.is_set()
 
     async def _collect(self, queue: asyncio.Queue[Queued], wait: float | None) -> list[Queued]:
         """The first item (waiting up to ``wait``) and what follows it within the batch delay."""
@@ -276,7 +283,6 @@ class WriteBack:
     async def stop(self) -> None:
         """Once stop is set: the write in flight gets the grace period, then is aborted;
         the writers end and no new write starts."""
-        writing = [t for t in self._tasks.values() if not t.done()]
         # Wait for the writes in flight, not for the writer tasks: those loop
         # forever, so waiting on them always cost the whole grace period.
         flights = [f for f in self._flights.values() if not f.done()]
@@ -296,5 +302,5 @@ class WriteBack:
         # thread would outlive the process's 10 s): new fetches and pushes
         # are refused from here on, and the writers end.
         self.mirror.abort()
-        for task in writing:
+        for task in self._tasks.values():
             task.cancel()
