@@ -22,6 +22,7 @@ import aiohttp
 from tests.conftest import RedisServer, free_port, make_remote
 from watcher.config import load
 from watcher_testing.emulator import EmulatorSettings, GoogleRegistryEmulator, LoggedRequest
+from watcher_testing.services import RedisClusterNodes
 
 INTERVAL = 1.0
 WINDOW = 10.0
@@ -44,7 +45,11 @@ async def emulator(images: int, **settings: object) -> AsyncIterator[GoogleRegis
 
 
 def write_config(
-    tmp_path: Path, emu: GoogleRegistryEmulator, redis: RedisServer, images: int, shards: int
+    tmp_path: Path,
+    emu: GoogleRegistryEmulator,
+    redis: RedisServer | RedisClusterNodes,
+    images: int,
+    shards: int,
 ) -> Path:
     files = {f"apps/app{i}/values.yaml": values(emu.host, f"proj/app{i}") for i in range(images)}
     remote = make_remote(tmp_path, {"environment/a": files, "environment/b": files})
@@ -53,7 +58,7 @@ def write_config(
         f"""
 shards: {shards}
 interval: 1s
-redis: {{url: "{redis.url}"}}
+redis: {{url: "{redis.url}", cluster: {str(isinstance(redis, RedisClusterNodes)).lower()}}}
 limits:
   gcr: {{requests: {QUOTA}, per: 10s, headroom: 5%}}
 registries:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -14,8 +15,9 @@ from collections.abc import Sequence
 import structlog
 
 from watcher import __version__, config, logs, reports
+from watcher.cluster.connection import endpoint, verify
 from watcher.engine import Engine
-from watcher.errors import ConfigError, CredentialsError, GitError
+from watcher.errors import ConfigError, CredentialsError, GitError, WatcherError
 from watcher.registry.auth import credentials_for
 from watcher.server import serve
 
@@ -110,6 +112,21 @@ def _load(path: str) -> config.Config:
     return cfg
 
 
+async def _check_redis(cfg: config.Config) -> None:
+    """Stop on a Redis that can never work as configured; only note one that is down now.
+
+    A Redis that is down at start is handled as one that goes down later
+    (local budget, retries), so a replica starts even while Redis restarts.
+    """
+    if not cfg.redis.url:
+        return
+    problem = await verify(cfg.redis, cfg.interval)
+    if problem is not None:
+        log.warning(
+            "redis unreachable at start; working without it until it answers", reason=problem
+        )
+
+
 async def _run(cfg: config.Config) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -121,8 +138,11 @@ async def _run(cfg: config.Config) -> int:
         interval=cfg.interval,
         git=cfg.git.url,
         branches=list(cfg.git.branches),
-        budget="in-process",
+        # Where Redis is, never its URL: that may carry a password.
+        budget="redis cluster" if cfg.redis.cluster else "redis" if cfg.redis.url else "in-process",
+        redis=endpoint(cfg.redis.url) if cfg.redis.url else None,
     )
+    await _check_redis(cfg)
     async with (
         Engine(cfg) as watcher,
         serve(watcher.metrics.registry, watcher.readiness, cfg.server.port) as port,
@@ -134,6 +154,7 @@ async def _run(cfg: config.Config) -> int:
 
 
 async def _once(cfg: config.Config, dry_run: bool) -> int:
+    await _check_redis(cfg)
     async with Engine(cfg) as watcher:
         report = await watcher.cycle(dry_run=dry_run)
     verb = "would update" if dry_run else "updated"
@@ -185,20 +206,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "shards" and args.count is not None and args.count < 1:
         parser.error("--count must be at least 1")
-    if args.command == "demo":
-        try:
-            # The demo runs on the test harness, which a checkout installs and
-            # the production image leaves out.
-            from watcher_testing.demo import demo
-        except ImportError:
-            print(
-                "watcher demo needs a checkout of the repository "
-                "(bash .ci/install && .venv/bin/watcher demo); this installation has no demo",
-                file=sys.stderr,
-            )
-            return 2
-        logs.configure("warning", sys.stderr)
-        return demo(args.workdir, keep=args.keep)
+    try:
+        code = _demo(args.workdir, args.keep) if args.command == "demo" else _command(args)
+        # Now, not at exit: a reader that went away must be noticed here.
+        sys.stdout.flush()
+        return code
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:
+        # The reader went away (`watcher shards | head`): nothing left to say to
+        # it, and Python must not try again at exit either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("watcher: the output was closed before the report ended", file=sys.stderr)
+        return 1
+
+
+def _demo(workdir: str | None, keep: bool) -> int:
+    try:
+        # The demo runs on the test harness, which a checkout installs and
+        # the production image leaves out.
+        from watcher_testing.demo import demo
+    except ImportError:
+        print(
+            "watcher demo needs a checkout of the repository "
+            "(bash .ci/install && .venv/bin/watcher demo); this installation has no demo",
+            file=sys.stderr,
+        )
+        return 2
+    logs.configure("warning", sys.stderr)
+    return demo(workdir, keep=keep)
+
+
+def _command(args: argparse.Namespace) -> int:
     # The daemon logs to stdout (one JSON object per line, for the cluster's
     # log pipeline); the one-shot commands keep stdout for their report.
     logs.configure(args.log_level, sys.stdout if args.command == "run" else sys.stderr)
@@ -217,7 +256,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_report(cfg, args.command, getattr(args, "count", None)))
         return asyncio.run(_check(cfg))
     except GitError as exc:
-        print(f"git: {exc}", file=sys.stderr)
+        print(f"git: {_one_line(exc)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 0
+    except WatcherError as exc:
+        # Every product error says what went wrong in its message; exit 1 is
+        # "a runtime failure", and the message is its one line.
+        print(_one_line(exc), file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

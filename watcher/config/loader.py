@@ -23,12 +23,14 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from watcher.config.convert import (
     Convert,
     boolean,
+    ca_file,
     choice,
+    database,
     duration,
     globs,
     integer,
     nonempty_string,
-    optional_string,
+    redis_url,
     share,
     string,
 )
@@ -72,7 +74,7 @@ GIT: dict[str, Convert] = {
     "timeout": duration,
 }
 AUTHOR: dict[str, Convert] = {"name": nonempty_string, "email": nonempty_string}
-REDIS: dict[str, Convert] = {"url": optional_string}
+REDIS: dict[str, Convert] = {"url": redis_url, "cluster": boolean, "ca_file": ca_file}
 DEFAULTS: dict[str, Convert] = {"strategy": choice(STRATEGIES)}
 SERVER: dict[str, Convert] = {"port": integer(0, 65535)}
 SECTIONS = ("redis", "limits", "registries", "git", "defaults", "server")
@@ -166,6 +168,12 @@ class _Reader:
         return cls(**self.values(node, path, cls, converters))
 
 
+def _first_line(what: object) -> str:
+    # ruamel's messages go on with "in <unicode string>, line 3" lines: the
+    # file and line are already in front, and every problem is one line.
+    return str(what).strip().splitlines()[0] if str(what).strip() else type(what).__name__
+
+
 def _parse(text: str, source: str) -> Any:
     yaml = YAML(typ="rt")
     try:
@@ -173,9 +181,9 @@ def _parse(text: str, source: str) -> Any:
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
-        raise ConfigError([f"{source}:{line}: (yaml): {exc.problem or exc}"]) from None
+        raise ConfigError([f"{source}:{line}: (yaml): {_first_line(exc.problem or exc)}"]) from None
     except YAMLError as exc:
-        raise ConfigError([f"{source}:1: (yaml): {exc}"]) from None
+        raise ConfigError([f"{source}:1: (yaml): {_first_line(exc)}"]) from None
     except RecursionError:
         # ruamel recurses once per nesting level; a traceback is not an error message.
         raise ConfigError([f"{source}:1: (yaml): the YAML nests too deeply to be read"]) from None
@@ -236,6 +244,30 @@ def _git(r: _Reader, top: CommentedMap, environ: Mapping[str, str]) -> GitConfig
     return git
 
 
+def _redis(r: _Reader, top: CommentedMap, environ: Mapping[str, str]) -> RedisConfig:
+    redis = r.section(top, "redis", RedisConfig, REDIS)
+    section = top.get("redis")
+    node, key = (section, "url") if isinstance(section, CommentedMap) else (top, "redis")
+    where = "redis.url"
+    if environ.get("WATCHER_REDIS_URL"):
+        # Said in every message: the file may be fine and the Deployment's Secret wrong.
+        where = "redis.url (from WATCHER_REDIS_URL)"
+        try:
+            redis = dataclasses.replace(redis, url=redis_url(environ["WATCHER_REDIS_URL"]))
+        except ValueError as exc:
+            r.problem(node, key, where, str(exc))
+            return redis
+    scheme = redis.url.partition("://")[0].lower()
+    if redis.cluster and scheme == "unix":
+        r.problem(node, key, where, "a Redis Cluster is reached over TCP: redis:// or rediss://")
+    elif redis.cluster and redis.url and database(redis.url) != 0:
+        r.problem(node, key, where, "a Redis Cluster has only database 0 (/0)")
+    if redis.ca_file and scheme != "rediss":
+        why = f"is only read with a rediss:// URL, and {where} is {scheme or 'empty'}"
+        r.problem(node, "ca_file", "redis.ca_file", why if not redis.url else why + "://")
+    return redis
+
+
 def load_text(
     text: str, source: str = "<string>", environ: Mapping[str, str] | None = None
 ) -> Config:
@@ -247,12 +279,10 @@ def load_text(
     if root is not None and not isinstance(root, CommentedMap):
         raise ConfigError(r.problems)
     scalars = r.values(top, "", Config, TOP)
-    redis = r.section(top, "redis", RedisConfig, REDIS)
+    redis = _redis(r, top, environ)
     limits = _limits(r, top)
     registries = _registries(r, top, limits)
     git = _git(r, top, environ)
-    if environ.get("WATCHER_REDIS_URL"):
-        redis = RedisConfig(url=environ["WATCHER_REDIS_URL"])
     defaults = r.section(top, "defaults", Defaults, DEFAULTS)
     server = r.section(top, "server", ServerConfig, SERVER)
     if r.problems:
