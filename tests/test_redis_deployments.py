@@ -65,6 +65,23 @@ async def test_requirepass(world: World) -> None:
         server.stop()
 
 
+async def test_unix_socket(world: World) -> None:
+    socket_path = world.dir / "redis.sock"
+    server = RedisServer(world.dir / "redis", args=("--unixsocket", str(socket_path)))
+    server.start()
+    admin = aioredis.Redis(unix_socket_path=str(socket_path))
+    try:
+        config = world.write(world.config(redis_block(f"unix://{socket_path}")))
+        out = await watcher(["once", "--config", str(config)])
+        assert_clean(out, 0)
+        assert "committed" in out.stdout, out.describe()
+        assert "redis unreachable" not in out.stderr, out.describe()
+        assert await admin.zcard(BUDGET_LOG) >= 1
+    finally:
+        await admin.aclose()
+        server.stop()
+
+
 async def test_acl_user_runs_the_daemon_and_is_never_printed(world: World) -> None:
     """An ACL user limited to the watcher's keys and without admin commands, the
     default user off; Redis stopped for a while mid-run so errors get logged too."""

@@ -247,7 +247,8 @@ def _git(r: _Reader, top: CommentedMap, environ: Mapping[str, str]) -> GitConfig
 def _redis(r: _Reader, top: CommentedMap, environ: Mapping[str, str]) -> RedisConfig:
     redis = r.section(top, "redis", RedisConfig, REDIS)
     section = top.get("redis")
-    node, key = (section, "url") if isinstance(section, CommentedMap) else (top, "redis")
+    has_url = isinstance(section, CommentedMap) and "url" in section
+    node, key = (section, "url") if has_url else (top, "redis")
     where = "redis.url"
     if environ.get("WATCHER_REDIS_URL"):
         # Said in every message: the file may be fine and the Deployment's Secret wrong.
@@ -264,7 +265,7 @@ def _redis(r: _Reader, top: CommentedMap, environ: Mapping[str, str]) -> RedisCo
         r.problem(node, key, where, "a Redis Cluster has only database 0 (/0)")
     if redis.ca_file and scheme != "rediss":
         why = f"is only read with a rediss:// URL, and {where} is {scheme or 'empty'}"
-        r.problem(node, "ca_file", "redis.ca_file", why if not redis.url else why + "://")
+        r.problem(section, "ca_file", "redis.ca_file", why if not redis.url else why + "://")
     return redis
 
 
