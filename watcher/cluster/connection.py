@@ -34,7 +34,6 @@ from redis.exceptions import (
     NoPermissionError,
     RedisClusterException,
     RedisError,
-    ResponseError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -178,8 +177,6 @@ def _permanent(exc: BaseException) -> str | None:
         return f"authentication failed ({exc}); check the user and password in redis.url"
     if isinstance(exc, NoPermissionError):
         return f"the user lacks a permission the watcher needs ({exc})"
-    if isinstance(exc, ResponseError) and "NOAUTH" in str(exc):
-        return "the server wants a password: put it in redis.url (redis://:PASSWORD@host)"
     cause = _ssl_cause(exc)
     if isinstance(cause, ssl.SSLCertVerificationError):
         return (

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar, get_args
 
@@ -51,6 +51,11 @@ from watcher.config.settings import (
 from watcher.errors import ConfigError
 
 T = TypeVar("T")
+
+RegistryCheck = Callable[[RegistryConfig], str | None]
+"""A check of one ``registries[]`` entry against the world (its credentials can be
+read, say) that the caller knows how to make: the problem, or None. The loader
+reports it at the entry's line."""
 
 # One converter per key a section accepts; every other field keeps its default.
 TOP: dict[str, Convert] = {"shards": integer(1, 65536), "interval": duration}
@@ -207,7 +212,7 @@ def _limits(r: _Reader, top: CommentedMap) -> dict[str, Limit]:
 
 
 def _registries(
-    r: _Reader, top: CommentedMap, limits: Mapping[str, Limit]
+    r: _Reader, top: CommentedMap, limits: Mapping[str, Limit], check: RegistryCheck | None
 ) -> tuple[RegistryConfig, ...]:
     registries: list[RegistryConfig] = []
     node = top.get("registries")
@@ -228,6 +233,8 @@ def _registries(
         if registry.auth == "dockerconfig" and not registry.config:
             why = "dockerconfig needs config: the path of a config.json"
             r.problem(node, index, f"{path}.auth", why)
+        elif check is not None and (trouble := check(registry)):
+            r.problem(node, index, f"{path}.auth", trouble)
         registries.append(registry)
     return tuple(registries)
 
@@ -270,7 +277,11 @@ def _redis(r: _Reader, top: CommentedMap, environ: Mapping[str, str]) -> RedisCo
 
 
 def load_text(
-    text: str, source: str = "<string>", environ: Mapping[str, str] | None = None
+    text: str,
+    source: str = "<string>",
+    environ: Mapping[str, str] | None = None,
+    *,
+    check_registry: RegistryCheck | None = None,
 ) -> Config:
     """Parse and validate a ``shards.yaml`` text; raise ConfigError listing every problem."""
     environ = os.environ if environ is None else environ
@@ -282,7 +293,7 @@ def load_text(
     scalars = r.values(top, "", Config, TOP)
     redis = _redis(r, top, environ)
     limits = _limits(r, top)
-    registries = _registries(r, top, limits)
+    registries = _registries(r, top, limits, check_registry)
     git = _git(r, top, environ)
     defaults = r.section(top, "defaults", Defaults, DEFAULTS)
     server = r.section(top, "server", ServerConfig, SERVER)
@@ -300,7 +311,12 @@ def load_text(
     )
 
 
-def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+def load(
+    path: str | os.PathLike[str],
+    environ: Mapping[str, str] | None = None,
+    *,
+    check_registry: RegistryCheck | None = None,
+) -> Config:
     source = os.fspath(path)
     try:
         text = Path(source).read_text(encoding="utf-8")
@@ -308,4 +324,4 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
         raise ConfigError([f"{source}:0: (file): cannot read: {exc.strerror or exc}"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{source}:0: (file): not UTF-8 text"]) from None
-    return load_text(text, source, environ)
+    return load_text(text, source, environ, check_registry=check_registry)
