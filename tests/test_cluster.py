@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli_support import assert_clean, open_world, watcher
+from tests.conftest import RedisServer
 from tests.test_replicas import (
     CAP,
     INTERVAL,
@@ -33,7 +35,6 @@ from watcher.budget.shared import RedisBudget
 from watcher.cluster.connection import RedisClient, connect, verify
 from watcher.cluster.membership import Membership
 from watcher.config import Limit, RedisConfig
-from watcher.errors import RedisUnusable
 from watcher.registry.cache import SharedCache
 from watcher_testing.services import CLUSTER_PORT_LIMIT, RedisClusterNodes
 
@@ -143,10 +144,21 @@ async def test_leases_budget_and_cache_on_a_cluster(
     assert len(scripts_ran) >= 2, scripts_ran
 
 
-async def test_the_start_up_check_knows_a_cluster(redis_cluster: RedisClusterNodes) -> None:
+async def test_the_cluster_setting_must_match_the_server(
+    tmp_path: Path, redis_cluster: RedisClusterNodes, redis_server: RedisServer
+) -> None:
+    """Either mismatch is caught at start: one line, exit 1, before any MOVED reaches a log."""
     assert await verify(RedisConfig(url=redis_cluster.url, cluster=True), INTERVAL) is None
-    with pytest.raises(RedisUnusable, match=r"is a Redis Cluster node: set redis.cluster: true"):
-        await verify(RedisConfig(url=redis_cluster.url), INTERVAL)
+    async with open_world(tmp_path) as world:
+        for url, cluster, says in (
+            (redis_cluster.url, "false", "is a Redis Cluster node: set redis.cluster: true"),
+            (redis_server.url, "true", "is not a Redis Cluster node: set redis.cluster: false"),
+        ):
+            config = world.write(world.config(f'redis: {{url: "{url}", cluster: {cluster}}}'))
+            for command in ("once", "run"):
+                out = await watcher([command, "--config", str(config)], daemon_seconds=20)
+                assert_clean(out, 1)
+                assert out.reasons[0].endswith(says), out.describe()
 
 
 def assert_quiet_logs(tmp_path: Path, count: int) -> None:

@@ -196,6 +196,15 @@ async def test_tls_verification_errors_are_one_line(world: World) -> None:
             raise AssertionError("an unknown CA was accepted")
     finally:
         server.stop()
+    # A certificate from the right CA, for another name.
+    elsewhere = make_tls(world.dir / "named", hosts=("redis.internal.example",))
+    server = RedisServer(world.dir / "redis-named", tls=elsewhere)
+    server.start()
+    try:
+        with pytest.raises(RedisUnusable, match="its TLS certificate is for another name"):
+            await verify(RedisConfig(url=server.url, ca_file=str(elsewhere.ca)), 1.0)
+    finally:
+        server.stop()
     # Down: not an error, a reason to carry on.
     reason = await verify(RedisConfig(url=f"redis://:{SECRET}@127.0.0.1:{free_port()}/0"), 1.0)
     assert reason is not None and SECRET not in reason

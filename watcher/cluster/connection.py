@@ -178,6 +178,11 @@ def _permanent(exc: BaseException) -> str | None:
     if isinstance(exc, NoPermissionError):
         return f"the user lacks a permission the watcher needs ({exc})"
     cause = _ssl_cause(exc)
+    if isinstance(cause, ssl.SSLCertVerificationError) and cause.verify_code in _NAME_MISMATCH:
+        return (
+            f"its TLS certificate is for another name ({cause.verify_message}); "
+            "write the host as the certificate names it in redis.url"
+        )
     if isinstance(cause, ssl.SSLCertVerificationError):
         return (
             f"its TLS certificate is not trusted ({cause.verify_message}); "
@@ -186,6 +191,11 @@ def _permanent(exc: BaseException) -> str | None:
     if cause is not None:
         return f"the TLS handshake failed ({cause.reason or cause}); is it serving TLS?"
     return None
+
+
+# OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and _IP_ADDRESS_MISMATCH: the chain is
+# trusted, the name or address in redis.url is not in the certificate.
+_NAME_MISMATCH = (62, 64)
 
 
 def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
