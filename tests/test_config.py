@@ -267,6 +267,10 @@ SECRET = "hunter2-in-the-url"
             "shards.yaml:2: redis.url: query parameters other than ?db=N are not read",
         ),
         ('{url: "unix://"}', "shards.yaml:2: redis.url: unix:// takes an absolute socket path"),
+        (
+            '{url: "unix://redis/run/redis.sock"}',
+            "shards.yaml:2: redis.url: unix:// takes an absolute socket path",
+        ),
         ("{url: 6379}", "shards.yaml:2: redis.url: must be a string"),
         ('{url: "redis://r/0", cluster: "yes"}', "shards.yaml:2: redis.cluster: must be true"),
         (
@@ -317,6 +321,7 @@ def test_a_ca_file_needs_a_tls_url(tmp_path: Path) -> None:
         "redis://redis:6379?db=3",
         "unix:///run/redis/redis.sock",
         "unix:///run/redis/redis.sock?db=1",
+        f"unix://:{SECRET}@/run/redis/redis.sock",
     ],
 )
 def test_good_redis_urls(url: str) -> None:

@@ -158,6 +158,7 @@ def redis_url(value: Any) -> str:
             "TLS takes its CA from redis.ca_file"
         )
     if scheme == "unix":
+        # unix:///path, or unix://:password@/path: a password, but never a host.
         if not parts.path or parts.netloc.rpartition("@")[2]:
             raise ValueError("unix:// takes an absolute socket path: unix:///run/redis.sock")
     else:

@@ -271,8 +271,9 @@ def _redis(r: _Reader, top: CommentedMap, environ: Mapping[str, str]) -> RedisCo
     elif redis.cluster and redis.url and database(redis.url) != 0:
         r.problem(node, key, where, "a Redis Cluster has only database 0 (/0)")
     if redis.ca_file and scheme != "rediss":
-        why = f"is only read with a rediss:// URL, and {where} is {scheme or 'empty'}"
-        r.problem(section, "ca_file", "redis.ca_file", why if not redis.url else why + "://")
+        now = f"{scheme}://" if scheme else "empty"
+        why = f"is only read with a rediss:// URL, and {where} is {now}"
+        r.problem(section, "ca_file", "redis.ca_file", why)
     return redis
 
 
