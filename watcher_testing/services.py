@@ -229,7 +229,11 @@ class RedisServer:
         # No persistence: a restart comes back empty, the worst case.
         with open(self.dir / "redis.log", "ab") as log:
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
-        _wait("redis-server", self._pong, 10)
+        try:
+            _wait("redis-server", self._pong, 10)
+        except RuntimeError:
+            self.stop()  # not left running behind a test that failed to start it
+            raise
 
     def _pong(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
