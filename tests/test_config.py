@@ -8,6 +8,7 @@ import pytest
 
 from watcher.config import DEFAULT_LIMIT, Limit, load, load_text, parse_duration, parse_share
 from watcher.errors import ConfigError
+from watcher_testing.services import make_tls
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -240,3 +241,137 @@ def test_every_key_a_section_reads_is_a_field_of_its_dataclass() -> None:
         assert set(table) | elsewhere == names, cls.__name__
         for name in table:
             loader.default(cls, name)  # raises when the field has no default
+
+
+# --- redis: the URL, the cluster and the CA, checked at load ------------------------------
+
+SECRET = "hunter2-in-the-url"
+
+
+@pytest.mark.parametrize(
+    ("redis", "expected"),
+    [
+        ('{url: "localhost:6379"}', "shards.yaml:2: redis.url: has no scheme: write redis://"),
+        ('{url: "127.0.0.1"}', "shards.yaml:2: redis.url: has no scheme"),
+        (f'{{url: "user:{SECRET}@redis:6379"}}', "shards.yaml:2: redis.url: has no scheme"),
+        (
+            f'{{url: "http://:{SECRET}@redis:6379/0"}}',
+            "shards.yaml:2: redis.url: http://***@redis:6379/0: scheme must be redis://",
+        ),
+        ('{url: "redis://"}', "shards.yaml:2: redis.url: has no host"),
+        ('{url: "redis://redis:99999/0"}', "shards.yaml:2: redis.url: bad port"),
+        ('{url: "redis://redis:port/0"}', "shards.yaml:2: redis.url: bad port"),
+        ('{url: "redis://redis/zero"}', "shards.yaml:2: redis.url: the database must be a number"),
+        (
+            '{url: "rediss://redis/0?ssl_cert_reqs=none"}',
+            "shards.yaml:2: redis.url: query parameters other than ?db=N are not read",
+        ),
+        ('{url: "unix://"}', "shards.yaml:2: redis.url: unix:// takes an absolute socket path"),
+        (
+            '{url: "unix://redis/run/redis.sock"}',
+            "shards.yaml:2: redis.url: unix:// takes an absolute socket path",
+        ),
+        ("{url: 6379}", "shards.yaml:2: redis.url: must be a string"),
+        ('{url: "redis://r/0", cluster: "yes"}', "shards.yaml:2: redis.cluster: must be true"),
+        (
+            '{url: "unix:///run/redis.sock", cluster: true}',
+            "shards.yaml:2: redis.url: a Redis Cluster is reached over TCP",
+        ),
+        (
+            '{url: "redis://r/1", cluster: true}',
+            "shards.yaml:2: redis.url: a Redis Cluster has only database 0",
+        ),
+        (
+            '{url: "redis://r/0", ca_file: /etc/hostname}',
+            "shards.yaml:2: redis.ca_file: /etc/hostname: not a PEM bundle",
+        ),
+        (
+            '{url: "rediss://r/0", ca_file: /nonexistent/ca.pem}',
+            "shards.yaml:2: redis.ca_file: /nonexistent/ca.pem: no such file",
+        ),
+        ("{tls: true}", "shards.yaml:2: redis.tls: unknown key (known: ca_file, cluster, url)"),
+    ],
+)
+def test_bad_redis_settings(redis: str, expected: str) -> None:
+    found = problems(f"git: {{url: a}}\nredis: {redis}\n")
+    assert any(p.startswith(expected) for p in found), found
+    assert all(SECRET not in p for p in found), found
+
+
+def test_a_ca_file_needs_a_tls_url(tmp_path: Path) -> None:
+    ca = make_tls(tmp_path).ca
+    text = f'git: {{url: a}}\nredis:\n  url: "redis://r:6379/0"\n  ca_file: "{ca}"\n'
+    assert problems(text) == [
+        "shards.yaml:4: redis.ca_file: is only read with a rediss:// URL, and redis.url is redis://"
+    ]
+    config = load_text(text.replace("redis://", "rediss://"), "shards.yaml", {})
+    assert config.redis.ca_file == str(ca)
+    assert config.redis.url == "rediss://r:6379/0"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://redis:6379/0",
+        "redis://redis",
+        f"redis://:{SECRET}@redis:6379/2",
+        f"redis://watcher:{SECRET}@10.0.0.3:6379/0",
+        "rediss://redis.example:6380/0",
+        "redis://[::1]:6379/0",
+        "redis://redis:6379?db=3",
+        "unix:///run/redis/redis.sock",
+        "unix:///run/redis/redis.sock?db=1",
+        f"unix://:{SECRET}@/run/redis/redis.sock",
+    ],
+)
+def test_good_redis_urls(url: str) -> None:
+    config = load_text(f'git: {{url: a}}\nredis: {{url: "{url}"}}\n', "s.yaml", {})
+    assert config.redis.url == url
+    assert config.redis.cluster is False and config.redis.ca_file == ""
+
+
+def test_redis_cluster_key() -> None:
+    text = 'git: {url: a}\nredis: {url: "redis://node-1:6379/0", cluster: true}\n'
+    assert load_text(text, "s.yaml", {}).redis.cluster is True
+
+
+def test_the_password_stays_out_of_the_configs_repr() -> None:
+    config = load_text(f'git: {{url: a}}\nredis: {{url: "redis://:{SECRET}@r/0"}}\n', "s", {})
+    assert SECRET not in repr(config)
+    assert SECRET not in repr(config.redis)
+
+
+def test_watcher_redis_url_is_checked_and_named() -> None:
+    found = problems("git: {url: a}\n", {"WATCHER_REDIS_URL": f"watcher:{SECRET}@redis:6379"})
+    assert found == [
+        "shards.yaml:1: redis.url (from WATCHER_REDIS_URL): has no scheme: write "
+        "redis://HOST:PORT/DB, rediss://HOST:PORT/DB (TLS) or unix:///PATH"
+    ]
+    # The variable replaces the URL only: the file's other redis keys still apply.
+    config = load_text(
+        'git: {url: a}\nredis: {url: "redis://file/0", cluster: true}\n',
+        "s.yaml",
+        {"WATCHER_REDIS_URL": "redis://from-env:6379/0"},
+    )
+    assert (config.redis.url, config.redis.cluster) == ("redis://from-env:6379/0", True)
+    found = problems(
+        "git: {url: a}\nredis:\n  cluster: true\n", {"WATCHER_REDIS_URL": "redis://r:6379/4"}
+    )
+    why = "a Redis Cluster has only database 0 (/0)"
+    # The file has no redis.url to point at: the redis section does.
+    assert found == [f"shards.yaml:3: redis.url (from WATCHER_REDIS_URL): {why}"]
+
+
+def test_check_refuses_a_redis_url_without_a_scheme(tmp_path: Path) -> None:
+    """It passed `watcher check` and then ended `watcher run` in a traceback."""
+    bad = tmp_path / "shards.yaml"
+    bad.write_text('git: {url: a}\nredis: {url: "localhost:6379"}\n')
+    for command in ("check", "run"):
+        result = subprocess.run(
+            [sys.executable, "-m", "watcher", command, "--config", str(bad)],
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 2
+        assert result.stderr.startswith(f"{bad}:2: redis.url: has no scheme")
+        assert "Traceback" not in result.stderr + result.stdout

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -14,8 +15,9 @@ from collections.abc import Sequence
 import structlog
 
 from watcher import __version__, config, logs, reports
+from watcher.cluster.connection import endpoint, verify
 from watcher.engine import Engine
-from watcher.errors import ConfigError, CredentialsError, GitError
+from watcher.errors import ConfigError, CredentialsError, GitError, WatcherError
 from watcher.registry.auth import credentials_for
 from watcher.server import serve
 
@@ -97,17 +99,35 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(path: str) -> config.Config:
-    cfg = config.load(path)
-    problems = []
-    for registry in cfg.registries:
-        try:
-            if registry.auth not in ("google", "anonymous"):
-                credentials_for(registry, registry.host)
-        except CredentialsError as exc:
-            problems.append(f"{cfg.source}: registries[host={registry.host}]: {exc}")
-    if problems:
-        raise ConfigError(problems)
-    return cfg
+    return config.load(path, check_registry=_credentials_problem)
+
+
+def _credentials_problem(registry: config.RegistryConfig) -> str | None:
+    """Credentials named in the file that cannot be read now (a variable unset, a
+    config.json missing): said at start, with the entry's line, not at the first
+    look-up. Google's come from the environment at request time."""
+    if registry.auth in ("google", "anonymous"):
+        return None
+    try:
+        credentials_for(registry, registry.host)
+    except CredentialsError as exc:
+        return str(exc)
+    return None
+
+
+async def _check_redis(cfg: config.Config) -> None:
+    """Stop on a Redis that can never work as configured; only note one that is down now.
+
+    A Redis that is down at start is handled as one that goes down later
+    (local budget, retries), so a replica starts even while Redis restarts.
+    """
+    if not cfg.redis.url:
+        return
+    problem = await verify(cfg.redis, cfg.interval)
+    if problem is not None:
+        log.warning(
+            "redis unreachable at start; working without it until it answers", reason=problem
+        )
 
 
 async def _run(cfg: config.Config) -> int:
@@ -121,8 +141,11 @@ async def _run(cfg: config.Config) -> int:
         interval=cfg.interval,
         git=cfg.git.url,
         branches=list(cfg.git.branches),
-        budget="in-process",
+        # Where Redis is, never its URL: that may carry a password.
+        budget="redis cluster" if cfg.redis.cluster else "redis" if cfg.redis.url else "in-process",
+        redis=endpoint(cfg.redis.url) if cfg.redis.url else None,
     )
+    await _check_redis(cfg)
     async with (
         Engine(cfg) as watcher,
         serve(watcher.metrics.registry, watcher.readiness, cfg.server.port) as port,
@@ -137,6 +160,7 @@ async def _run(cfg: config.Config) -> int:
 
 
 async def _once(cfg: config.Config, dry_run: bool) -> int:
+    await _check_redis(cfg)
     async with Engine(cfg) as watcher:
         report = await watcher.cycle(dry_run=dry_run)
     verb = "would update" if dry_run else "updated"
@@ -188,20 +212,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "shards" and args.count is not None and args.count < 1:
         parser.error("--count must be at least 1")
-    if args.command == "demo":
-        try:
-            # The demo runs on the test harness, which a checkout installs and
-            # the production image leaves out.
-            from watcher_testing.demo import demo
-        except ImportError:
-            print(
-                "watcher demo needs a checkout of the repository "
-                "(bash .ci/install && .venv/bin/watcher demo); this installation has no demo",
-                file=sys.stderr,
-            )
-            return 2
-        logs.configure("warning", sys.stderr)
-        return demo(args.workdir, keep=args.keep)
+    try:
+        code = _demo(args.workdir, args.keep) if args.command == "demo" else _command(args)
+        # Now, not at exit: a reader that went away must be noticed here.
+        sys.stdout.flush()
+        return code
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:
+        # The reader went away (`watcher shards | head`): nothing left to say to
+        # it, and Python must not try again at exit either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("watcher: the output was closed before the report ended", file=sys.stderr)
+        return 1
+
+
+def _demo(workdir: str | None, keep: bool) -> int:
+    try:
+        # The demo runs on the test harness, which a checkout installs and
+        # the production image leaves out.
+        from watcher_testing.demo import demo
+    except ImportError:
+        print(
+            "watcher demo needs a checkout of the repository "
+            "(bash .ci/install && .venv/bin/watcher demo); this installation has no demo",
+            file=sys.stderr,
+        )
+        return 2
+    logs.configure("warning", sys.stderr)
+    return demo(workdir, keep=keep)
+
+
+def _command(args: argparse.Namespace) -> int:
     # The daemon logs to stdout (one JSON object per line, for the cluster's
     # log pipeline); the one-shot commands keep stdout for their report.
     logs.configure(args.log_level, sys.stdout if args.command == "run" else sys.stderr)
@@ -220,7 +262,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_report(cfg, args.command, getattr(args, "count", None)))
         return asyncio.run(_check(cfg))
     except GitError as exc:
-        print(f"git: {exc}", file=sys.stderr)
+        print(f"git: {_one_line(exc)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 0
+    except WatcherError as exc:
+        # Every product error says what went wrong in its message; exit 1 is
+        # "a runtime failure", and the message is its one line.
+        print(_one_line(exc), file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -133,3 +133,23 @@ class BudgetUnavailable(WatcherError):
     :mod:`watcher.budget.shared`, which falls back on a local share of the cap."""
 
     stage = "budget"
+
+
+class RedisUnusable(WatcherError):
+    """The configured Redis answers, but never will as configured: a refused password,
+    a TLS certificate no configured CA vouches for, a cluster setting that does not
+    match the server. Raised at start by :func:`watcher.cluster.connection.verify`;
+    the message names the Redis by host and port, never by its URL (it may hold a
+    password)."""
+
+    stage = "config"
+
+
+# --- the HTTP server --------------------------------------------------------------------------
+
+
+class ListenError(WatcherError):
+    """``server.port`` cannot be listened on (in use, or not allowed); raised by
+    :func:`watcher.server.serve` as ``watcher run`` starts."""
+
+    stage = "server"

@@ -8,6 +8,8 @@ from contextlib import asynccontextmanager
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from watcher.errors import ListenError
+
 Readiness = Callable[[], list[str]]
 
 
@@ -45,7 +47,14 @@ async def serve(
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            # Another process on the port (a second replica on one host, a
+            # leftover), or a port below 1024 without the right: one line, not a
+            # traceback from deep inside asyncio.
+            why = exc.strerror or str(exc)
+            raise ListenError(f"cannot listen on {host}:{port} (server.port): {why}") from None
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         bound = int(sockets[0].getsockname()[1]) if sockets else port

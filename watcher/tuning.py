@@ -76,6 +76,11 @@ RENEW_INTERVALS = 0.5
 # only once its expiry is strictly past.
 EXPIRY_SLACK = 0.02
 
+# How long the start-up check of Redis (watcher run, watcher once) waits for
+# answers: a Redis that takes longer is treated as down for now (the daemon
+# then starts on its fallbacks), not as misconfigured.
+STARTUP_CHECK = 10.0
+
 # --- git ----------------------------------------------------------------------------------
 
 # How long a fetch or push may take before it is killed (``git.timeout``'s default).

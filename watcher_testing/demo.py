@@ -188,9 +188,9 @@ def _show_new_commits(bare: Path, before: dict[str, str]) -> None:
 
 def demo(workdir_arg: str | None, *, keep: bool = False) -> int:
     workdir = Path(workdir_arg or tempfile.mkdtemp(prefix="watcher-demo-")).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
     daemon: subprocess.Popen[bytes] | None = None
     try:
+        workdir.mkdir(parents=True, exist_ok=True)
         with _registry(workdir) as host:
             say(f"registry: docker-registry on http://{host}")
             now = datetime.now(UTC)
@@ -273,7 +273,7 @@ def demo(workdir_arg: str | None, *, keep: bool = False) -> int:
             say(f"  its JSON log: {workdir / 'watcher.log'}")
             return 0 if code == 0 else 1
     except (RuntimeError, subprocess.CalledProcessError, OSError) as exc:
-        say(f"demo failed: {exc}")
+        print(f"demo failed: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
         if daemon is not None:

@@ -2,19 +2,30 @@
 
 Real processes on free loopback ports, started and stopped on demand (the
 fault tests stop and restart Redis; a restart comes back empty, as a Redis
-without persistence does).
+without persistence does). Redis comes as people deploy it: with a password
+or ACL users, TLS only (certificates made on the spot by :func:`make_tls`),
+or as a three-master Redis Cluster (:class:`RedisClusterNodes`).
 """
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
+import random
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 INSTALL_HINT = "bash .ci/install"
 
@@ -23,6 +34,115 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# A cluster node also listens on its port + 10000 (the cluster bus), so a
+# node's port must stay below 65536 - 10000.
+CLUSTER_BUS_OFFSET = 10000
+CLUSTER_PORT_LIMIT = 65536 - CLUSTER_BUS_OFFSET
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def cluster_port() -> int:
+    """A free port below 55536 whose cluster-bus port (+10000) is free as well."""
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(20000, CLUSTER_PORT_LIMIT)
+        if _bindable(port) and _bindable(port + CLUSTER_BUS_OFFSET):
+            return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A CA and a server certificate it signed (PEM files), as :func:`make_tls` writes them."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_tls(dir: Path, hosts: Sequence[str] = ("127.0.0.1", "localhost")) -> TlsFiles:
+    """A fresh CA and a server certificate for ``hosts`` (IP addresses or DNS names).
+
+    Each call makes a new CA, so a second call gives the "wrong CA" a client
+    must refuse.
+    """
+    dir.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"test CA {dir.name}")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    files = TlsFiles(dir / "ca.pem", dir / "server.pem", dir / "server.key")
+    files.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    files.key.chmod(0o600)
+    return files
 
 
 def _binary(name: str) -> str:
@@ -54,49 +174,71 @@ def _stop(proc: subprocess.Popen[bytes], *, kill: bool) -> None:
 
 @dataclass
 class RedisServer:
-    """A redis-server without persistence; ``DEBUG`` allowed from localhost (fault tests)."""
+    """A redis-server without persistence; ``DEBUG`` allowed from localhost (fault tests).
+
+    ``password`` sets ``requirepass`` (the default user's password); ``users``
+    are ACL rules, one ``user`` directive each (``"watcher on >secret ~iw:* +@all"``);
+    ``tls`` serves TLS only (``--port 0 --tls-port``) with those certificates.
+    ``url`` carries the password and the scheme a client needs.
+    """
 
     dir: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    password: str | None = None
+    users: tuple[str, ...] = ()
+    tls: TlsFiles | None = None
+    args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        scheme = "rediss" if self.tls else "redis"
+        auth = f":{self.password}@" if self.password else ""
+        return f"{scheme}://{auth}127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        listen = ["--port", str(self.port)]
+        if self.tls is not None:
+            listen = ["--port", "0", "--tls-port", str(self.port)]
+            listen += ["--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key)]
+            listen += ["--tls-ca-cert-file", str(self.tls.ca), "--tls-auth-clients", "no"]
+        auth = ["--requirepass", self.password] if self.password else []
+        for rule in self.users:
+            auth += ["--user", *rule.split()]
+        return [
+            _binary("redis-server"),
+            *listen,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.dir),
+            "--loglevel",
+            "warning",
+            "--enable-debug-command",
+            "local",
+            *auth,
+            *self.args,
+        ]
 
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         # No persistence: a restart comes back empty, the worst case.
-        self.proc = subprocess.Popen(
-            [
-                _binary("redis-server"),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.dir),
-                "--loglevel",
-                "warning",
-                "--enable-debug-command",
-                "local",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        _wait("redis-server", self._pong, 10)
+        with open(self.dir / "redis.log", "ab") as log:
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait("redis-server", self._pong, 10)
+        except RuntimeError:
+            self.stop()  # not left running behind a test that failed to start it
+            raise
 
     def _pong(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited (log: {self.dir / 'redis.log'})")
+        return _answers_ping(self.port, self.tls)
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -106,6 +248,126 @@ class RedisServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+def _answers_ping(port: int, tls: TlsFiles | None = None) -> bool:
+    """Redis is up: it answers PING (with PONG, or with NOAUTH when it wants a password)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as raw:
+            sock = raw
+            if tls is not None:
+                context = ssl.create_default_context(cafile=str(tls.ca))
+                # Up is all this asks; a certificate for another name is a test's business.
+                context.check_hostname = False
+                sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
+            sock.sendall(b"PING\r\n")
+            answer = sock.recv(16)
+            return answer.startswith((b"+PONG", b"-NOAUTH"))
+    except OSError:
+        return False
+
+
+def _pinged(port: int) -> Callable[[], bool]:
+    return lambda: _answers_ping(port)
+
+
+@dataclass
+class RedisClusterNodes:
+    """Three redis-server masters joined into one Redis Cluster (no replicas, no persistence).
+
+    Ports are below 55536 (each node's cluster bus listens on port + 10000).
+    ``url`` names the first node; a cluster client discovers the others.
+    """
+
+    dir: Path
+    ports: tuple[int, ...] = ()
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.ports:
+            ports: list[int] = []
+            while len(ports) < 3:
+                port = cluster_port()
+                if all(abs(port - p) not in (0, CLUSTER_BUS_OFFSET) for p in ports):
+                    ports.append(port)
+            self.ports = tuple(ports)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def start(self) -> None:
+        binary = _binary("redis-server")
+        for port in self.ports:
+            node = self.dir / str(port)
+            node.mkdir(parents=True, exist_ok=True)
+            with open(node / "redis.log", "ab") as log:
+                self.procs.append(
+                    subprocess.Popen(
+                        [
+                            binary,
+                            "--port",
+                            str(port),
+                            "--bind",
+                            "127.0.0.1",
+                            "--cluster-enabled",
+                            "yes",
+                            "--cluster-config-file",
+                            str(node / "nodes.conf"),
+                            "--cluster-node-timeout",
+                            "5000",
+                            "--save",
+                            "",
+                            "--appendonly",
+                            "no",
+                            "--dir",
+                            str(node),
+                            "--loglevel",
+                            "warning",
+                        ],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+        for port in self.ports:
+            _wait(f"redis-server (cluster node {port})", _pinged(port), 10)
+        created = subprocess.run(
+            [
+                _binary("redis-cli"),
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{port}" for port in self.ports),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if created.returncode != 0:
+            raise RuntimeError(
+                f"redis-cli --cluster create failed: {created.stdout}{created.stderr}"
+            )
+        for port in self.ports:
+            _wait(f"cluster state ok on {port}", self._state_ok(port), 30)
+
+    def _state_ok(self, port: int) -> Callable[[], bool]:
+        return lambda: "cluster_state:ok" in self.cli(port, "cluster", "info")
+
+    def cli(self, port: int, *args: str) -> str:
+        """``redis-cli -p PORT ARGS...``: its output."""
+        return subprocess.run(
+            [_binary("redis-cli"), "-p", str(port), *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            _stop(proc, kill=True)
+        self.procs.clear()
 
 
 @dataclass

@@ -70,12 +70,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import structlog
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from watcher import keys
 from watcher.budget.local import Budget, LocalBudget
-from watcher.cluster.connection import lua_script
+from watcher.cluster.connection import RedisClient, lua_script
 from watcher.config import Config, Limit
 from watcher.errors import BudgetUnavailable
 from watcher.tuning import BUDGET_BUCKETS as BUCKETS
@@ -138,7 +137,7 @@ class RedisBudget:
 
     def __init__(
         self,
-        client: Redis,
+        client: RedisClient,
         limit: Limit,
         *,
         replica: str,
@@ -575,7 +574,7 @@ def _cancelled(task: asyncio.Task[Any] | None, before: int) -> None:
 
 def budgets_for(
     config: Config,
-    client: Redis,
+    client: RedisClient,
     replica: str,
     replicas: Callable[[], int] = lambda: 1,
     **options: Any,

@@ -62,12 +62,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
 from watcher import keys
-from watcher.cluster.connection import lua_script
+from watcher.cluster.connection import RedisClient, lua_script
 from watcher.tuning import EXPIRY_SLACK, PROBLEM_LOG_EVERY, RENEW_INTERVALS, TTL_INTERVALS
 
 log = structlog.get_logger()
@@ -147,7 +146,7 @@ class Membership:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         shards: int,
         interval: float,
         replica_id: str | None = None,

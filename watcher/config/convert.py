@@ -8,8 +8,13 @@ the file, line and key.
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from watcher.logs import redact
 
 _DURATION_RE = re.compile(r"(?P<n>[0-9]+(?:\.[0-9]+)?)(?P<unit>ms|s|m|h)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -120,3 +125,80 @@ def globs(value: Any) -> tuple[str, ...]:
             raise ValueError(f"every glob must be a non-empty string, not {item!r}")
         out.append(str(item))
     return tuple(out)
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+_REDIS_HINT = "redis://HOST:PORT/DB, rediss://HOST:PORT/DB (TLS) or unix:///PATH"
+
+
+def redis_url(value: Any) -> str:
+    """A Redis URL the client can use; empty means "no Redis".
+
+    Checked here, at load, because the client only parses it on its first
+    connection, deep inside the daemon. Messages never repeat a password: a
+    value without a scheme is not echoed at all (``user:secret@host`` would
+    read as text), one with a scheme only with its credentials redacted.
+    """
+    text = optional_string(value).strip()
+    if not text:
+        return ""
+    if "://" not in text:
+        raise ValueError(f"has no scheme: write {_REDIS_HINT}")
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    if scheme not in REDIS_SCHEMES:
+        raise ValueError(f"{redact(text)}: scheme must be redis://, rediss:// (TLS) or unix://")
+    if parts.fragment:
+        raise ValueError("must not have a #fragment")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    if set(query) - {"db"}:
+        unknown = ", ".join(sorted(set(query) - {"db"}))
+        raise ValueError(
+            f"query parameters other than ?db=N are not read (found: {unknown}); "
+            "TLS takes its CA from redis.ca_file"
+        )
+    if scheme == "unix":
+        # unix:///path, or unix://:password@/path: a password, but never a host.
+        if not parts.path or parts.netloc.rpartition("@")[2]:
+            raise ValueError("unix:// takes an absolute socket path: unix:///run/redis.sock")
+    else:
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number in range
+        except ValueError as exc:
+            raise ValueError(f"bad port: {exc}") from None
+        if not parts.hostname:
+            raise ValueError(f"has no host: write {_REDIS_HINT}")
+    db = _database(text)
+    if not db.isdigit():
+        raise ValueError(f"the database must be a number (/0, ?db=0), not {db!r}")
+    return text
+
+
+def _database(url: str) -> str:
+    parts = urlsplit(url)
+    query = parse_qs(parts.query, keep_blank_values=True)
+    if "db" in query:
+        return query["db"][0]
+    # A unix:// path is the socket's; redis:// and rediss:// paths are the database.
+    return "0" if parts.scheme.lower() == "unix" else parts.path.strip("/") or "0"
+
+
+def database(url: str) -> int:
+    """The database number a valid :func:`redis_url` selects."""
+    return int(_database(url))
+
+
+def ca_file(value: Any) -> str:
+    """A readable PEM bundle of CA certificates (checked now, not at the first connection)."""
+    path = optional_string(value).strip()
+    if not path:
+        return ""
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: no such file")
+    try:
+        ssl.create_default_context(cafile=path)
+    except PermissionError:
+        raise ValueError(f"{path}: cannot read it (permission denied)") from None
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a PEM bundle of CA certificates ({exc})") from None
+    return path

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar, get_args
 
@@ -23,12 +23,14 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from watcher.config.convert import (
     Convert,
     boolean,
+    ca_file,
     choice,
+    database,
     duration,
     globs,
     integer,
     nonempty_string,
-    optional_string,
+    redis_url,
     share,
     string,
 )
@@ -49,6 +51,11 @@ from watcher.config.settings import (
 from watcher.errors import ConfigError
 
 T = TypeVar("T")
+
+RegistryCheck = Callable[[RegistryConfig], str | None]
+"""A check of one ``registries[]`` entry against the world (its credentials can be
+read, say) that the caller knows how to make: the problem, or None. The loader
+reports it at the entry's line."""
 
 # One converter per key a section accepts; every other field keeps its default.
 TOP: dict[str, Convert] = {"shards": integer(1, 65536), "interval": duration}
@@ -72,7 +79,7 @@ GIT: dict[str, Convert] = {
     "timeout": duration,
 }
 AUTHOR: dict[str, Convert] = {"name": nonempty_string, "email": nonempty_string}
-REDIS: dict[str, Convert] = {"url": optional_string}
+REDIS: dict[str, Convert] = {"url": redis_url, "cluster": boolean, "ca_file": ca_file}
 DEFAULTS: dict[str, Convert] = {"strategy": choice(STRATEGIES)}
 SERVER: dict[str, Convert] = {"port": integer(0, 65535)}
 SECTIONS = ("redis", "limits", "registries", "git", "defaults", "server")
@@ -166,6 +173,12 @@ class _Reader:
         return cls(**self.values(node, path, cls, converters))
 
 
+def _first_line(what: object) -> str:
+    # ruamel's messages go on with "in <unicode string>, line 3" lines: the
+    # file and line are already in front, and every problem is one line.
+    return str(what).strip().splitlines()[0] if str(what).strip() else type(what).__name__
+
+
 def _parse(text: str, source: str) -> Any:
     yaml = YAML(typ="rt")
     try:
@@ -173,9 +186,9 @@ def _parse(text: str, source: str) -> Any:
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
-        raise ConfigError([f"{source}:{line}: (yaml): {exc.problem or exc}"]) from None
+        raise ConfigError([f"{source}:{line}: (yaml): {_first_line(exc.problem or exc)}"]) from None
     except YAMLError as exc:
-        raise ConfigError([f"{source}:1: (yaml): {exc}"]) from None
+        raise ConfigError([f"{source}:1: (yaml): {_first_line(exc)}"]) from None
     except RecursionError:
         # ruamel recurses once per nesting level; a traceback is not an error message.
         raise ConfigError([f"{source}:1: (yaml): the YAML nests too deeply to be read"]) from None
@@ -199,7 +212,7 @@ def _limits(r: _Reader, top: CommentedMap) -> dict[str, Limit]:
 
 
 def _registries(
-    r: _Reader, top: CommentedMap, limits: Mapping[str, Limit]
+    r: _Reader, top: CommentedMap, limits: Mapping[str, Limit], check: RegistryCheck | None
 ) -> tuple[RegistryConfig, ...]:
     registries: list[RegistryConfig] = []
     node = top.get("registries")
@@ -220,6 +233,8 @@ def _registries(
         if registry.auth == "dockerconfig" and not registry.config:
             why = "dockerconfig needs config: the path of a config.json"
             r.problem(node, index, f"{path}.auth", why)
+        elif check is not None and (trouble := check(registry)):
+            r.problem(node, index, f"{path}.auth", trouble)
         registries.append(registry)
     return tuple(registries)
 
@@ -236,8 +251,38 @@ def _git(r: _Reader, top: CommentedMap, environ: Mapping[str, str]) -> GitConfig
     return git
 
 
+def _redis(r: _Reader, top: CommentedMap, environ: Mapping[str, str]) -> RedisConfig:
+    redis = r.section(top, "redis", RedisConfig, REDIS)
+    section = top.get("redis")
+    has_url = isinstance(section, CommentedMap) and "url" in section
+    node, key = (section, "url") if has_url else (top, "redis")
+    where = "redis.url"
+    if environ.get("WATCHER_REDIS_URL"):
+        # Said in every message: the file may be fine and the Deployment's Secret wrong.
+        where = "redis.url (from WATCHER_REDIS_URL)"
+        try:
+            redis = dataclasses.replace(redis, url=redis_url(environ["WATCHER_REDIS_URL"]))
+        except ValueError as exc:
+            r.problem(node, key, where, str(exc))
+            return redis
+    scheme = redis.url.partition("://")[0].lower()
+    if redis.cluster and scheme == "unix":
+        r.problem(node, key, where, "a Redis Cluster is reached over TCP: redis:// or rediss://")
+    elif redis.cluster and redis.url and database(redis.url) != 0:
+        r.problem(node, key, where, "a Redis Cluster has only database 0 (/0)")
+    if redis.ca_file and scheme != "rediss":
+        now = f"{scheme}://" if scheme else "empty"
+        why = f"is only read with a rediss:// URL, and {where} is {now}"
+        r.problem(section, "ca_file", "redis.ca_file", why)
+    return redis
+
+
 def load_text(
-    text: str, source: str = "<string>", environ: Mapping[str, str] | None = None
+    text: str,
+    source: str = "<string>",
+    environ: Mapping[str, str] | None = None,
+    *,
+    check_registry: RegistryCheck | None = None,
 ) -> Config:
     """Parse and validate a ``shards.yaml`` text; raise ConfigError listing every problem."""
     environ = os.environ if environ is None else environ
@@ -247,12 +292,10 @@ def load_text(
     if root is not None and not isinstance(root, CommentedMap):
         raise ConfigError(r.problems)
     scalars = r.values(top, "", Config, TOP)
-    redis = r.section(top, "redis", RedisConfig, REDIS)
+    redis = _redis(r, top, environ)
     limits = _limits(r, top)
-    registries = _registries(r, top, limits)
+    registries = _registries(r, top, limits, check_registry)
     git = _git(r, top, environ)
-    if environ.get("WATCHER_REDIS_URL"):
-        redis = RedisConfig(url=environ["WATCHER_REDIS_URL"])
     defaults = r.section(top, "defaults", Defaults, DEFAULTS)
     server = r.section(top, "server", ServerConfig, SERVER)
     if r.problems:
@@ -269,7 +312,12 @@ def load_text(
     )
 
 
-def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+def load(
+    path: str | os.PathLike[str],
+    environ: Mapping[str, str] | None = None,
+    *,
+    check_registry: RegistryCheck | None = None,
+) -> Config:
     source = os.fspath(path)
     try:
         text = Path(source).read_text(encoding="utf-8")
@@ -277,4 +325,4 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
         raise ConfigError([f"{source}:0: (file): cannot read: {exc.strerror or exc}"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{source}:0: (file): not UTF-8 text"]) from None
-    return load_text(text, source, environ)
+    return load_text(text, source, environ, check_registry=check_registry)

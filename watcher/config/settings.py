@@ -106,9 +106,18 @@ class GitConfig:
 class RedisConfig:
     """The Redis every replica shares (``redis``)."""
 
-    url: str = ""
-    """``redis://``, ``rediss://`` or ``unix://``; empty: an in-process budget and one
-    replica. ``WATCHER_REDIS_URL`` overrides it."""
+    # Out of repr: the URL may carry a password, and a config is the kind of
+    # object that ends up printed in a debugging session or an error.
+    url: str = field(default="", repr=False)
+    """``redis://``, ``rediss://`` (TLS) or ``unix://``, with any user and password in it
+    (``redis://user:secret@host:6379/0``); empty: an in-process budget and one replica.
+    ``WATCHER_REDIS_URL`` overrides it."""
+    cluster: bool = False
+    """A Redis Cluster (Memorystore cluster mode): the client follows the slot map, and
+    every script goes to the node owning its keys' hash tag. ``url`` names any one node."""
+    ca_file: str = ""
+    """A PEM bundle of the CAs that sign a ``rediss://`` server's certificate; empty:
+    the system's CAs."""
 
 
 @dataclass(frozen=True)

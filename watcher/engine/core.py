@@ -24,13 +24,12 @@ from functools import partial
 from types import TracebackType
 
 import aiohttp
-import redis.asyncio as aioredis
 import structlog
 
 from watcher.blocks import BlockId, Update
 from watcher.budget.local import Budget
 from watcher.budget.shared import budgets_for
-from watcher.cluster.connection import connect
+from watcher.cluster.connection import RedisClient, connect_to
 from watcher.cluster.membership import LocalMembership, Membership, ShardMembership
 from watcher.config import Config
 from watcher.engine import checks, slots
@@ -110,12 +109,12 @@ class Engine:
             # connection drops; that resend would go out without a budget grant.
             session._retry_connection = False
             budgets: dict[str, Budget] | None = None
-            client: aioredis.Redis | None = None
+            client: RedisClient | None = None
             if self.config.redis.url:
                 # One client for leases, budgets and the shared cache; short
                 # timeouts and no hidden retries, so a dead Redis never stalls a
                 # renewal or a grant (each falls back on its own schedule).
-                client = connect(self.config.redis.url, self.config.interval)
+                client = connect_to(self.config.redis, self.config.interval)
                 stack.push_async_callback(client.aclose)
                 membership = Membership(client, self.config.shards, self.config.interval)
                 budgets = budgets_for(

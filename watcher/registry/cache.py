@@ -16,10 +16,10 @@ import json
 import time
 from typing import Any
 
-import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
+from watcher.cluster.connection import RedisClient
 from watcher.keys import CACHE as PREFIX
 from watcher.keys import CACHE_TIMES as TIMES
 from watcher.tuning import FRESH_SHARE, PROBLEM_LOG_EVERY
@@ -31,7 +31,7 @@ log = structlog.get_logger()
 class SharedCache:
     """Redis-backed; ``client`` None makes every call a miss (no Redis configured)."""
 
-    def __init__(self, client: aioredis.Redis | None, interval: float) -> None:
+    def __init__(self, client: RedisClient | None, interval: float) -> None:
         self._client = client
         self.ttl_ms = max(1, int(interval * FRESH_SHARE * 1000))
         self._last_error = -PROBLEM_LOG_EVERY

@@ -1,0 +1,156 @@
+"""Running the ``watcher`` command as people do, and what its ending must look like.
+
+Shared by the tests of the command line's failures (``test_entry_points``) and of
+Redis deployments (``test_redis_deployments``): a git remote with one image
+block, the Google-registry emulator serving that image, a config writer, a
+runner for ``python -m watcher`` and the contract every ending must keep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import GitRemote, free_port, make_remote
+from watcher_testing.emulator import EmulatorSettings, GoogleRegistryEmulator
+
+SECRET = "s3cr3t-Hunter2"
+"""Put in every Redis and git URL that carries a password: it must never be printed."""
+COMMANDS = ("run", "once", "check", "shards", "budget")
+ONE_SHOT = ("once", "check", "shards", "budget")
+# Root reads any file whatever its mode: drop the capabilities that allow it,
+# so an unreadable file or clone is unreadable to the watcher too.
+UNPRIVILEGED = (
+    ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+)
+SCHEME_HINT = "write redis://HOST:PORT/DB, rediss://HOST:PORT/DB (TLS) or unix:///PATH"
+PROBLEM = re.compile(r"^[^\s:][^:]*:\d+: \S")  # file:line: what
+
+
+@dataclass
+class Outcome:
+    code: int | None
+    stdout: str
+    stderr: str
+
+    @property
+    def reasons(self) -> list[str]:
+        """stderr without the JSON log lines: what the command says to a person."""
+        return [line for line in self.stderr.splitlines() if line and not line.startswith("{")]
+
+    def describe(self) -> str:
+        tail = f"--- stdout\n{self.stdout[-3000:]}\n--- stderr\n{self.stderr[-3000:]}"
+        return f"exit {self.code}\n{tail}"
+
+
+async def watcher(
+    args: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    *,
+    prefix: Sequence[str] = (),
+    daemon_seconds: float | None = None,
+    close_stdout: bool = False,
+) -> Outcome:
+    """``python -m watcher ARGS``; a daemon gets SIGTERM after ``daemon_seconds`` (if alive).
+
+    ``close_stdout``: stdout is a pipe nobody reads, as after ``| head -0``.
+    """
+    stdout: int = asyncio.subprocess.PIPE
+    if close_stdout:
+        reader, stdout = os.pipe()
+        os.close(reader)
+    proc = await asyncio.create_subprocess_exec(
+        *prefix,
+        sys.executable,
+        "-m",
+        "watcher",
+        *args,
+        stdout=stdout,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+    if close_stdout:
+        os.close(stdout)
+    if daemon_seconds is not None:
+        try:
+            await asyncio.wait_for(proc.wait(), daemon_seconds)
+        except TimeoutError:
+            proc.send_signal(signal.SIGTERM)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    except TimeoutError:
+        proc.kill()
+        out, err = await proc.communicate()
+        pytest.fail(f"watcher {' '.join(args)} did not end\n{err.decode()[-3000:]}")
+    return Outcome(proc.returncode, (out or b"").decode(errors="replace"), err.decode())
+
+
+def assert_clean(out: Outcome, code: int) -> None:
+    """The contract: no traceback, no secret, the right code, and the right kind of message."""
+    both = out.stdout + out.stderr
+    assert "Traceback" not in both, out.describe()
+    assert SECRET not in both, out.describe()
+    assert out.code == code, out.describe()
+    if code == 1:
+        assert len(out.reasons) == 1, out.describe()
+    if code == 2:
+        assert out.reasons, out.describe()
+        assert all(PROBLEM.match(line) for line in out.reasons), out.describe()
+
+
+@dataclass
+class World:
+    dir: Path
+    remote: GitRemote
+    emulator: GoogleRegistryEmulator
+
+    def config(
+        self,
+        extra: str = "",
+        *,
+        insecure: bool = True,
+        url: str = "",
+        port: int = 0,
+        registry: str = "",
+    ) -> str:
+        """A config for this world; ``registry``: one more ``registries`` entry (flow style)."""
+        return f"""
+shards: 4
+interval: 1s
+registries:
+  - host: "{self.emulator.host}"
+    api: google
+    auth: anonymous
+    insecure: {str(insecure).lower()}
+  {"- " + registry if registry else ""}
+git:
+  url: "{url or self.remote.url}"
+  files: ["apps/*/values.yaml"]
+  workdir: "{self.dir / "clone"}"
+server: {{port: {port or free_port()}}}
+{extra}
+"""
+
+    def write(self, text: str, name: str = "shards.yaml") -> Path:
+        path = self.dir / f"{free_port()}-{name}"
+        path.write_text(text)
+        return path
+
+
+@asynccontextmanager
+async def open_world(tmp_path: Path) -> AsyncIterator[World]:
+    """A remote whose ``environment/a`` has one block following ``team/app:master``."""
+    async with GoogleRegistryEmulator(EmulatorSettings(auth_required=False)) as emu:
+        emu.push("team/app", "master")
+        values = f"image:\n  repository: {emu.host}/team/app\n  tag: master\n"
+        remote = make_remote(tmp_path, {"environment/a": {"apps/app/values.yaml": values}})
+        yield World(tmp_path, remote, emu)
