@@ -16,21 +16,17 @@ from typing import Any
 
 from watcher.errors import CredentialsError, ExtensionError
 from watcher.references import is_digest, is_tag
+from watcher.registry.manifests import (
+    DOCKER_MANIFEST_V1,
+    DOCKER_MANIFEST_V1_SIGNED,
+    MANIFEST_TYPES,
+)
 from watcher.strategies import ImageFacts
 from watcher.tuning import FAILURE_TTL, REFRESH_MARGIN, REFRESH_SHARE
 
 # Media types a Google registry lists for images we can follow. Anything else
 # (attestations, Helm charts, signatures) is not an image a block can run.
-IMAGE_MEDIA_TYPES = frozenset(
-    {
-        "application/vnd.oci.image.index.v1+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-        "application/vnd.oci.image.manifest.v1+json",
-        "application/vnd.docker.distribution.manifest.v2+json",
-        "application/vnd.docker.distribution.manifest.v1+prettyjws",
-        "application/vnd.docker.distribution.manifest.v1+json",
-    }
-)
+IMAGE_MEDIA_TYPES = frozenset({*MANIFEST_TYPES, DOCKER_MANIFEST_V1, DOCKER_MANIFEST_V1_SIGNED})
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 
 
