@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
 import secrets
 import socket
@@ -68,7 +67,8 @@ from redis.exceptions import RedisError
 
 from watcher import keys
 from watcher.cluster.connection import lua_script
-from watcher.tuning import EXPIRY_SLACK, PROBLEM_LOG_EVERY, RENEW_INTERVALS, TTL_INTERVALS
+from watcher.logs import Occasionally
+from watcher.tuning import EXPIRY_SLACK, RENEW_INTERVALS, TTL_INTERVALS
 
 log = structlog.get_logger()
 
@@ -184,7 +184,7 @@ class Membership:
         self._deadline = 0.0  # by our clock, when the leases we hold lapse
         self._replicas = 1
         self._floor = 0  # the highest fence seen: seeds counters Redis has lost
-        self._last_error_log = -math.inf
+        self._error_log = Occasionally(clock=clock)
         self._tick = client.register_script(TICK)
         self._release = client.register_script(RELEASE)
 
@@ -274,7 +274,7 @@ class Membership:
     def _apply(self, sent: float, reply: Any) -> float:
         live, target, settle_ms, next_expiry_ms, flat = reply
         leases = {int(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
-        if not self.connected and self._last_error_log > -math.inf:
+        if not self.connected and self._error_log.said:
             log.info("redis reachable again", replica=self.replica_id)
         self.connected = True
         self._replicas = max(1, int(live))
@@ -297,9 +297,7 @@ class Membership:
 
     def _unreachable(self, exc: BaseException) -> None:
         self.connected = False
-        now = self._clock()
-        if now - self._last_error_log >= PROBLEM_LOG_EVERY:
-            self._last_error_log = now
+        if self._error_log.due():
             log.warning(
                 "redis unreachable; still checking the shards held",
                 replica=self.replica_id,
