@@ -1,6 +1,6 @@
 """The shared request budget in Redis: one cap for every shard of every replica.
 
-Guarantee (docs/architecture.md, "The request budget"): no window of ``per`` seconds
+Guarantee (docs/architecture.md, "budget/: the request budget"): no window of ``per`` seconds
 sees more than ``limit.cap`` requests *sent* across all replicas drawing from one budget.
 
 Keys (one hash tag, so the script runs on Redis Cluster / Memorystore; named in

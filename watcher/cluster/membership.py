@@ -1,9 +1,10 @@
 """Which replica owns which shard: heartbeats and fenced per-shard leases in Redis.
 
-DESIGN, "Shards and replicas": replicas heartbeat and hold per-shard leases
-(fenced, renewed every interval/2, ttl about 1.5 intervals), each taking about
-shards/replicas; a dead replica's shards are taken over within two intervals.
-Without Redis one process owns every shard (:class:`LocalMembership`).
+Replicas heartbeat and hold per-shard leases (fenced, renewed every
+interval/2, ttl about 1.5 intervals), each taking about shards/replicas; a
+dead replica's shards are taken over within two intervals (docs/architecture.md,
+"cluster/: shards, leases and fences"). Without Redis one process owns every shard
+(:class:`LocalMembership`).
 
 Keys (all under one hash tag, so the scripts also run on Redis Cluster /
 Memorystore, where every key a script touches must live in one slot)::
