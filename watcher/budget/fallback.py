@@ -36,15 +36,8 @@ class Fallback(LocalBudget):
         """Carry over a pause already in force (local clock)."""
         self._paused_until = max(self._paused_until, until)
 
-    async def acquire(self) -> float:
-        started = self._clock()
-        async with self._lock:
-            while (wait := self.wait_time(self._clock())) > 0:  # noqa: ASYNC110
-                await asyncio.sleep(wait)
-            now = self._clock()
-            bisect.insort(self._grants, now)
-            self.granted += 1
-            return now - started
+    def _record(self, now: float) -> None:
+        bisect.insort(self._grants, now)
 
     async def acquire_unless(self, switched: asyncio.Event) -> bool:
         """A grant, or False (and none taken) if ``switched`` is set first."""

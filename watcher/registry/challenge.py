@@ -10,8 +10,6 @@ to the registry's own host, never to a storage host a redirect points at.
 
 from __future__ import annotations
 
-import json
-
 from yarl import URL
 
 from watcher.errors import BadResponse, Unauthorized
@@ -140,12 +138,7 @@ class Authorizer:
 
 
 def _parse_token(response: Response, url: str) -> tuple[str, float | None]:
-    try:
-        document = json.loads(response.body)
-    except (ValueError, UnicodeDecodeError):
-        raise BadResponse(f"{url}: token answer is not JSON", url=url) from None
-    if not isinstance(document, dict):
-        raise BadResponse(f"{url}: token answer is not a JSON object", url=url)
+    document = response.json_object("token answer", url)
     token = document.get("token") or document.get("access_token")
     if not isinstance(token, str) or not token:
         raise BadResponse(f"{url}: token answer without a token", url=url)

@@ -10,7 +10,6 @@ report) is :mod:`watcher.registry.transport`; how a 401 is answered is
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -83,13 +82,7 @@ class RegistryClient:
 
     async def digest(self, name: ImageName, tag: str) -> str:
         """The digest ``docker pull name:tag`` would use: one HEAD when the registry cooperates."""
-        self._check_name(name)
-        if not (is_tag(tag) or is_digest(tag)):
-            raise InvalidReference(f"not a tag or digest: {tag!r}")
-        url = self._url(name, f"manifests/{tag}")
-        response = await self._request("manifest_head", "HEAD", url, name, MANIFEST_ACCEPT)
-        if response.status != 200:
-            self._transport.raise_for(response)
+        url, response = await self._manifest_request("manifest_head", "HEAD", name, tag)
         header = response.headers.get("Docker-Content-Digest")
         if header is None:
             # Some registries leave the header out; the digest is the hash of the exact bytes.
@@ -105,21 +98,10 @@ class RegistryClient:
 
     async def manifest(self, name: ImageName, reference: str) -> tuple[bytes, str, str]:
         """GET a manifest by tag or digest: (exact body bytes, media type, sha256 digest)."""
-        self._check_name(name)
-        if not (is_tag(reference) or is_digest(reference)):
-            raise InvalidReference(f"not a tag or digest: {reference!r}")
-        url = self._url(name, f"manifests/{reference}")
-        response = await self._request("manifest_get", "GET", url, name, MANIFEST_ACCEPT)
-        if response.status != 200:
-            self._transport.raise_for(response)
+        url, response = await self._manifest_request("manifest_get", "GET", name, reference)
         body = response.body
         digest = sha256_digest(body)
-        try:
-            document = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise BadResponse(f"{url}: manifest is not JSON", url=str(url)) from None
-        if not isinstance(document, dict):
-            raise BadResponse(f"{url}: manifest is not a JSON object", url=str(url))
+        document = response.json_object("manifest", str(url))
         header = response.headers.get("Docker-Content-Digest")
         if header is not None and header.startswith("sha256:") and header != digest:
             raise BadResponse(
@@ -155,12 +137,7 @@ class RegistryClient:
             response = await self._request("tags_list", "GET", url, name, "application/json")
             if response.status != 200:
                 self._transport.raise_for(response)
-            try:
-                page = json.loads(response.body)
-            except (ValueError, UnicodeDecodeError):
-                raise BadResponse(f"{shown}: tags/list is not JSON", url=shown) from None
-            if not isinstance(page, dict):
-                raise BadResponse(f"{shown}: tags/list is not a JSON object", url=shown)
+            page = response.json_object("tags/list", shown)
             tags = page.get("tags")
             if tags is not None and not (
                 isinstance(tags, list) and all(isinstance(tag, str) for tag in tags)
@@ -204,6 +181,19 @@ class RegistryClient:
         if sha256_digest(response.body) != digest:
             raise BadResponse(f"{url}: blob does not hash to its digest", url=str(url))
         return response.body
+
+    async def _manifest_request(
+        self, kind: Kind, method: str, name: ImageName, reference: str
+    ) -> tuple[URL, Response]:
+        """A manifest by tag or digest, answered 200 (anything else raises)."""
+        self._check_name(name)
+        if not (is_tag(reference) or is_digest(reference)):
+            raise InvalidReference(f"not a tag or digest: {reference!r}")
+        url = self._url(name, f"manifests/{reference}")
+        response = await self._request(kind, method, url, name, MANIFEST_ACCEPT)
+        if response.status != 200:
+            self._transport.raise_for(response)
+        return url, response
 
     def _check_name(self, name: ImageName) -> None:
         if name.api_host.lower() != self.host:

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Literal, NoReturn
+from typing import Any, Literal, NoReturn
 
 import aiohttp
 from multidict import CIMultiDictProxy
@@ -59,6 +59,16 @@ class Response:
     body: bytes
     url: URL
     next_url: URL | None
+
+    def json_object(self, what: str, url: str) -> dict[str, Any]:
+        """The body as a JSON object; BadResponse naming ``what`` and ``url`` otherwise."""
+        try:
+            document = json.loads(self.body)
+        except (ValueError, UnicodeDecodeError):
+            raise BadResponse(f"{url}: {what} is not JSON", url=url) from None
+        if not isinstance(document, dict):
+            raise BadResponse(f"{url}: {what} is not a JSON object", url=url)
+        return document
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
