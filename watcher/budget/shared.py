@@ -319,6 +319,8 @@ class RedisBudget:
     def _enter_degraded(self, exc: BaseException | str) -> None:
         if self._mode == "shared":
             self._build_local()
+        elif self._mode == "recovering":
+            self._reshare()
         if self._mode != "degraded":
             self._mode = "degraded"
             self.degraded_since = self._clock()
@@ -372,6 +374,18 @@ class RedisBudget:
         )
         local.hold_until(shared.paused_until)
         self._local = local
+
+    def _reshare(self) -> None:
+        """The local share as the replica count stands now, not when the log was built.
+
+        While recovering, the script refuses claims beyond the cap, whatever each
+        local share says; replicas starting together each saw too few others when
+        they built theirs. Once Redis is gone nothing refuses them, so each must
+        hold to cap / replicas from here on.
+        """
+        self.local_cap = max(1, self._limit.cap // max(1, self._replicas()))
+        if self._local is not None:
+            self._local.cap = self.local_cap
 
     def _slow_reply(self) -> None:
         # Not a reason to leave the shared log: a replica granting locally while the
