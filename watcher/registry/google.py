@@ -75,7 +75,11 @@ def facts_from_pages(pages: Iterable[dict[str, Any]]) -> tuple[ImageFacts, list[
             entry_tags = entry.get("tag", [])
             if not isinstance(entry_tags, list):
                 raise ExtensionError(f"page {index + 1}: tags of {digest} are not a list")
-            if media_type is not None and media_type not in IMAGE_MEDIA_TYPES:
+            # Not a string (a list, a map) is not a media type we know: frozenset
+            # membership of an unhashable value would raise TypeError instead.
+            if media_type is not None and (
+                not isinstance(media_type, str) or media_type not in IMAGE_MEDIA_TYPES
+            ):
                 skipped.append(f"{digest}: media type {media_type!r} is not an image")
                 unfollowable.update(t for t in entry_tags if isinstance(t, str))
                 continue
