@@ -9,6 +9,7 @@ the cap: a single request too many in any window shows up as a 429 there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -261,6 +262,36 @@ async def test_keys_carry_a_hash_tag_and_an_empty_restart_gets_our_grants_back(
     while budget.mode != "shared" and time.monotonic() < deadline:
         await budget.acquire()
     assert budget.mode == "shared"
+    await client.aclose()
+
+
+async def test_a_replica_that_saw_itself_alone_takes_its_share_when_redis_goes(
+    redis_server: RedisServer,
+) -> None:
+    """Replicas starting together each see too few others when their fallback is built.
+
+    While recovering, Redis refuses claims beyond the cap; once Redis is gone nothing
+    does, so the share must follow the replica count as it stands then.
+    """
+    client = Redis.from_url(redis_server.url)
+    limit = Limit(name="gcr", requests=90, per=5.0, headroom=0.0)
+    seen = [1]
+    budget = RedisBudget(
+        client, limit, replica="first", replicas=lambda: seen[0], timeout=0.2, probe_interval=60
+    )
+    await budget.acquire()  # a brand-new budget: recovering, on a fallback built alone
+    assert budget.mode == "recovering" and budget.local_cap == limit.cap
+    seen[0] = 3  # the others have joined
+    await asyncio.to_thread(redis_server.stop)
+    granted = 1
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(1.0):  # well within one window
+            while True:
+                await budget.acquire()
+                granted += 1
+    assert budget.mode == "degraded"
+    assert budget.local_cap == limit.cap // 3
+    assert granted <= limit.cap // 3, granted
     await client.aclose()
 
 

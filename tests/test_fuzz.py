@@ -23,8 +23,9 @@ from watcher.errors import ConfigError, ExtensionError, InvalidReference, Regist
 from watcher.gitops import values
 from watcher.references import ImageName, is_digest, is_tag, parse_reference
 from watcher.registry.auth import parse_challenge
-from watcher.registry.client import RegistryClient, parse_retry_after
+from watcher.registry.client import RegistryClient
 from watcher.registry.google import facts_from_pages
+from watcher.registry.transport import parse_retry_after
 
 FAST = settings(max_examples=60, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 

@@ -598,6 +598,16 @@ def test_bad_entries_are_left_out_with_reasons_bad_maps_refused() -> None:
             facts_from_pages([broken])
 
 
+def test_a_media_type_that_is_not_a_string_leaves_its_entry_out() -> None:
+    """Found by test_fuzz: ``{"mediaType": []}`` raised TypeError (unhashable) instead."""
+    digest = "sha256:" + "0" * 64
+    for odd in ([], {}, ["application/vnd.oci.image.manifest.v1+json"], 1):
+        page = {"tags": ["t"], "manifest": {digest: {"mediaType": odd, "tag": ["t"]}}}
+        facts, skipped = facts_from_pages([page])
+        assert "t" not in facts.tags and "t" not in (facts.listed or ())
+        assert any("is not an image" in reason for reason in skipped)
+
+
 async def test_metadata_server_answers_as_google_auth_expects() -> None:
     import aiohttp
 

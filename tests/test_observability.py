@@ -593,7 +593,8 @@ git: {{url: "{remote.url}", files: ["apps/*/values.yaml"], workdir: "{tmp_path /
             ticking = asyncio.create_task(membership.run(stop))
             await asyncio.wait_for(membership.ready.wait(), 5)
             assert watcher.readiness() == []
-            # Redis going away later does not make the replica unready (DESIGN).
+            # Redis going away later does not make the replica unready: it keeps
+            # working on a local share (docs/architecture.md, "budget/: the request budget").
             redis_server.stop()
             deadline = time.monotonic() + 5
             while membership.connected:

@@ -1,4 +1,4 @@
-"""The planner keeps to DESIGN's table: the fewest requests that answer every block."""
+"""The planner keeps to the table in docs/architecture.md: the fewest requests for every block."""
 
 from __future__ import annotations
 

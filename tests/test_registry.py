@@ -35,7 +35,9 @@ from watcher.errors import (
 )
 from watcher.references import ImageName
 from watcher.registry.auth import Credentials, TokenCache, credentials_for, parse_challenge
-from watcher.registry.client import MANIFEST_TYPES, RegistryClient, RequestRecord, parse_retry_after
+from watcher.registry.client import RegistryClient
+from watcher.registry.manifests import MANIFEST_TYPES
+from watcher.registry.transport import RequestRecord, parse_retry_after
 from watcher_testing.images import build_image, push_image, tag_image
 
 ACCEPT = (

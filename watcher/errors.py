@@ -69,7 +69,9 @@ class GitError(WatcherError):
 
 
 class RegistryError(WatcherError):
-    """A registry request that gave no usable answer; raised by :mod:`watcher.registry.client`."""
+    """A registry request that gave no usable answer; raised by the registry client
+    (:mod:`~watcher.registry.transport`, :mod:`~watcher.registry.challenge`,
+    :mod:`~watcher.registry.client`, :mod:`~watcher.registry.manifests`)."""
 
     stage = "registry"
 
@@ -129,8 +131,8 @@ class LookupFailed(WatcherError):
 
 
 class BudgetUnavailable(WatcherError):
-    """Redis did not answer the budget script in time; raised and handled inside
-    :mod:`watcher.budget.shared`, which falls back on a local share of the cap."""
+    """Redis did not answer the budget script in time; raised by :mod:`watcher.budget.script`
+    and handled in :mod:`watcher.budget.shared`, which falls back on a local share of the cap."""
 
     stage = "budget"
 

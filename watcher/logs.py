@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 import sys
-from collections.abc import Mapping, MutableMapping
+import time
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
+
+from watcher.tuning import PROBLEM_LOG_EVERY
 
 _SEVERITY = {
     "debug": "DEBUG",
@@ -89,3 +93,35 @@ def configure(level: str = "info", stream: TextIO | None = None) -> None:
 
 def get(**context: Any) -> Any:
     return structlog.get_logger().bind(**context)
+
+
+class Occasionally:
+    """Lets a line about a lasting problem through at most once per ``every`` seconds.
+
+    A condition that lasts (Redis out of reach, a degraded budget, a cache
+    that fails) would otherwise log on every attempt and flood the logs.
+    """
+
+    def __init__(
+        self, every: float = PROBLEM_LOG_EVERY, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._every = every
+        self._clock = clock
+        self._last = -math.inf
+
+    @property
+    def said(self) -> bool:
+        """Whether a line has gone out since it was made or last reset."""
+        return self._last > -math.inf
+
+    def due(self) -> bool:
+        """True when the last line let through is ``every`` seconds old (and counts this one)."""
+        now = self._clock()
+        if now - self._last < self._every:
+            return False
+        self._last = now
+        return True
+
+    def reset(self) -> None:
+        """A new occurrence of the problem: its first line goes out at once."""
+        self._last = -math.inf

@@ -2,10 +2,15 @@
 
 Labels are bounded sets only (registry hosts, budget names, request kinds,
 status codes, shard numbers): never tags, digests or file paths.
+
+Declared by area, in the order of the dashboard's rows (docs/operations.md,
+"Reading the dashboard"): the request budget, registries, shards and cycles,
+the watch set, write-back; then errors, which every area counts.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -18,83 +23,88 @@ class Metrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
     def __post_init__(self) -> None:
-        r = self.registry
-        self.registry_requests = Counter(
-            P + "registry_requests_total",
+        self._budget()
+        self._registries()
+        self._shards()
+        self._watch_set()
+        self._write_back()
+        self.errors = self._counter("errors_total", "Errors by stage.", ["stage"])
+
+    def _budget(self) -> None:
+        budget = ["budget"]
+        self.budget_granted = self._counter(
+            "budget_granted_total", "Requests granted by the budget.", budget
+        )
+        self.budget_cap = self._gauge(
+            "budget_cap", "Requests allowed in any window of the budget.", budget
+        )
+        self.budget_window_used = self._gauge(
+            "budget_window_used", "Requests granted in the current window.", budget
+        )
+        self.budget_wait = self._histogram(
+            "budget_wait_seconds",
+            "Time a request waited for the budget.",
+            budget,
+            (0, 0.01, 0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 600),
+        )
+        self.budget_degraded = self._gauge(
+            "budget_degraded",
+            "1 while the shared budget's Redis is unreachable and a local share is used.",
+            budget,
+        )
+        self.budget_paused = self._counter(
+            "budget_paused_seconds_total", "Seconds the budget was paused after a 429.", budget
+        )
+
+    def _registries(self) -> None:
+        self.registry_requests = self._counter(
+            "registry_requests_total",
             "Requests sent to registries (token requests included).",
             ["registry", "budget", "kind", "code"],
-            registry=r,
         )
-        self.budget_granted = Counter(
-            P + "budget_granted_total", "Requests granted by the budget.", ["budget"], registry=r
+        self.registry_throttled = self._counter(
+            "registry_throttled_total", "429 answers from a registry.", ["registry"]
         )
-        self.budget_cap = Gauge(
-            P + "budget_cap",
-            "Requests allowed in any window of the budget.",
-            ["budget"],
-            registry=r,
+        self.lookups = self._counter(
+            "lookups_total", "Registry look-ups by how they were answered.", ["result"]
         )
-        self.budget_window_used = Gauge(
-            P + "budget_window_used",
-            "Requests granted in the current window.",
-            ["budget"],
-            registry=r,
-        )
-        self.budget_wait = Histogram(
-            P + "budget_wait_seconds",
-            "Time a request waited for the budget.",
-            ["budget"],
-            buckets=(0, 0.01, 0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 600),
-            registry=r,
-        )
-        self.budget_degraded = Gauge(
-            P + "budget_degraded",
-            "1 while the shared budget's Redis is unreachable and a local share is used.",
-            ["budget"],
-            registry=r,
-        )
-        self.budget_paused = Counter(
-            P + "budget_paused_seconds_total",
-            "Seconds the budget was paused after a 429.",
-            ["budget"],
-            registry=r,
-        )
-        self.registry_throttled = Counter(
-            P + "registry_throttled_total",
-            "429 answers from a registry.",
-            ["registry"],
-            registry=r,
-        )
-        self.lookups = Counter(
-            P + "lookups_total",
-            "Registry look-ups by how they were answered.",
-            ["result"],
-            registry=r,
-        )
-        self.images = Gauge(P + "images", "Images watched, per shard.", ["shard"], registry=r)
-        self.image_blocks = Gauge(
-            P + "image_blocks", "Image blocks found on every environment branch.", registry=r
-        )
-        self.shard_owned = Gauge(
-            P + "shard_owned", "1 when this process owns the shard.", ["shard"], registry=r
-        )
-        self.cycle_seconds = Histogram(
-            P + "cycle_seconds",
+
+    def _shards(self) -> None:
+        shard = ["shard"]
+        self.shard_owned = self._gauge("shard_owned", "1 when this process owns the shard.", shard)
+        self.cycle_seconds = self._histogram(
+            "cycle_seconds",
             "Time to check every image of a shard once.",
-            ["shard"],
-            buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
-            registry=r,
+            shard,
+            (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
         )
-        self.last_cycle = Gauge(
-            P + "last_cycle_timestamp_seconds",
+        self.last_cycle = self._gauge(
+            "last_cycle_timestamp_seconds",
             "When the shard last finished a cycle (Unix time).",
-            ["shard"],
-            registry=r,
+            shard,
         )
-        self.updates = Counter(
-            P + "updates_total", "Block updates committed.", ["strategy"], registry=r
+
+    def _watch_set(self) -> None:
+        self.images = self._gauge("images", "Images watched, per shard.", ["shard"])
+        self.image_blocks = self._gauge(
+            "image_blocks", "Image blocks found on every environment branch.", []
         )
-        self.git_push = Counter(
-            P + "git_push_total", "Pushes to the git remote by result.", ["result"], registry=r
+
+    def _write_back(self) -> None:
+        self.updates = self._counter("updates_total", "Block updates committed.", ["strategy"])
+        self.git_push = self._counter(
+            "git_push_total", "Pushes to the git remote by result.", ["result"]
         )
-        self.errors = Counter(P + "errors_total", "Errors by stage.", ["stage"], registry=r)
+
+    # --- one way to declare each kind -----------------------------------------------
+
+    def _counter(self, name: str, doc: str, labels: Sequence[str]) -> Counter:
+        return Counter(P + name, doc, labels, registry=self.registry)
+
+    def _gauge(self, name: str, doc: str, labels: Sequence[str]) -> Gauge:
+        return Gauge(P + name, doc, labels, registry=self.registry)
+
+    def _histogram(
+        self, name: str, doc: str, labels: Sequence[str], buckets: Sequence[float]
+    ) -> Histogram:
+        return Histogram(P + name, doc, labels, buckets=buckets, registry=self.registry)

@@ -21,7 +21,7 @@ candidates are only known once the tags are listed:
 The engine then builds :class:`~watcher.strategies.ImageFacts` from what it
 got and calls :func:`~watcher.strategies.decide` for every block.
 
-What each registry api costs (DESIGN, "Registry access: fewest requests"):
+What each registry api costs (docs/architecture.md, "registry/: fewest requests"):
 
 - ``google``: any mix of strategies is answered by one ``tags/list`` (its
   ``manifest`` map gives every tag's digest and upload time), so the plan is

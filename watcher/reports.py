@@ -19,6 +19,16 @@ COST_NOTE = (
     "requests/cycle: what the planner sends with nothing cached (Google listings as one page);\n"
     "token requests, extra listing pages and v2 `newest` follow-ups come on top."
 )
+_BUDGET_HEADERS = (
+    "budget",
+    "images",
+    "requests/cycle",
+    "per window",
+    "window",
+    "cap",
+    "use",
+    "shortest safe interval",
+)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]], right: set[int]) -> str:
@@ -105,61 +115,54 @@ def _movement_section(watch: WatchSet, shards: int, count: int) -> str:
 
 def budget_report(config: Config, watch: WatchSet) -> str:
     """Per budget: requests per cycle and per window against the cap; the shortest safe interval."""
-    rows = []
-    over = []
-    for need in budget_needs(config, watch):
-        limit = need.limit
-        shortest = round_up_interval(need.shortest_interval)
-        rows.append(
-            (
-                need.name,
-                need.images,
-                need.per_cycle,
-                f"{need.per_window:.0f}",
-                format_duration(limit.per),
-                limit.cap,
-                _percent(need.use),
-                _seconds(shortest),
-            )
-        )
-        if need.use > 1:
-            over.append(
-                f"budget {need.name} is over its cap: at {format_duration(config.interval)} the "
-                f"watch set needs {need.per_window:.0f} requests per {format_duration(limit.per)} "
-                f"against {limit.cap}.\n  Every image is still checked, but the interval "
-                f"stretches to about {_seconds(shortest)}; set interval: {_seconds(shortest)} "
-                "or more."
-            )
-    hosts: dict[str, set[str]] = {}
-    for image in watch.images:
-        hosts.setdefault(budget_of(config, image), set()).add(image.host)
+    rows, over = _budget_rows(config, watch)
     out = [
         f"interval {format_duration(config.interval)}; {len(watch.images)} images, "
         f"{watch.block_count} image blocks",
         "",
-        table(
-            [
-                "budget",
-                "images",
-                "requests/cycle",
-                "per window",
-                "window",
-                "cap",
-                "use",
-                "shortest safe interval",
-            ],
-            rows,
-            right={1, 2, 3, 5, 6},
-        ),
+        table(_BUDGET_HEADERS, rows, right={1, 2, 3, 5, 6}),
         "",
         "cap: requests x (1 - headroom), across every replica. per window: requests/cycle x "
         "window / interval.",
         "shortest safe interval: requests/cycle x window / cap, rounded up to whole seconds.",
         COST_NOTE,
     ]
+    hosts: dict[str, set[str]] = {}
+    for image in watch.images:
+        hosts.setdefault(budget_of(config, image), set()).add(image.host)
     if hosts:
         out += ["", "registries by budget:"]
         out += [f"  {name}: {', '.join(sorted(hosts[name]))}" for name in sorted(hosts)]
     if over:
         out += ["", *over]
     return "\n".join(out) + "\n"
+
+
+def _budget_rows(config: Config, watch: WatchSet) -> tuple[list[tuple[object, ...]], list[str]]:
+    """One table row per budget, and a warning for each budget over its cap."""
+    rows: list[tuple[object, ...]] = []
+    over = []
+    for need in budget_needs(config, watch):
+        limit = need.limit
+        shortest = _seconds(round_up_interval(need.shortest_interval))
+        window = format_duration(limit.per)
+        rows.append(
+            (
+                need.name,
+                need.images,
+                need.per_cycle,
+                f"{need.per_window:.0f}",
+                window,
+                limit.cap,
+                _percent(need.use),
+                shortest,
+            )
+        )
+        if need.use > 1:
+            over.append(
+                f"budget {need.name} is over its cap: at {format_duration(config.interval)} the "
+                f"watch set needs {need.per_window:.0f} requests per {window} "
+                f"against {limit.cap}.\n  Every image is still checked, but the interval "
+                f"stretches to about {shortest}; set interval: {shortest} or more."
+            )
+    return rows, over

@@ -1,42 +1,50 @@
 """The shared request budget in Redis: one cap for every shard of every replica.
 
-Guarantee (DESIGN "The shared budget"): no window of ``per`` seconds sees more than
-``limit.cap`` requests *sent* across all replicas drawing from one budget.
+Guarantee (docs/architecture.md, "budget/: the request budget"): no window of ``per`` seconds
+sees more than ``limit.cap`` requests *sent* across all replicas drawing from one budget.
 
-Keys (one hash tag, so the script runs on Redis Cluster / Memorystore)::
+Keys (one hash tag, so the script runs on Redis Cluster / Memorystore; named in
+:mod:`watcher.keys`)::
 
     iw:{budget:<name>}:log      sorted set: grant id -> grant time (ms on Redis TIME)
     iw:{budget:<name>}:pause    paused-until (ms), set by a 429 anywhere
     iw:{budget:<name>}:epoch    id of this log's life; a Redis that lost it lost the log
     iw:{budget:<name>}:recover  shared grants resume at this time (ms)
 
-One Lua script (``register_script``, Redis ``TIME`` as the only clock) does everything:
+One Lua script (``shared.lua``, Redis ``TIME`` as the only clock, called through
+:mod:`watcher.budget.script`) does everything, one operation per call:
 
 - ``reserve``: a reservation log. The new grant's slot is the earliest time ``t`` at or after
   now and the pause end such that fewer than ``cap`` entries (reservations still ahead
   included) lie after ``t - W``, ``W = per + SEND_MARGIN``: every window holding ``t`` then
   holds at most ``cap``. Slots only grow as reservations are added, so waiting callers on
-  every replica are served in arrival order (FIFO), and a slot given back is reused. It is
-  written at once and its distance returned: the caller sleeps exactly that, then
-  ``confirm``s (which refuses a slot the caller woke too late for, or one a pause has
-  overtaken) and sends. Saturation uses every slot: ``cap`` per ``W``, 99.99 % of the
-  cap at 10,000 / 10 min.
+  every replica are served in arrival order (FIFO), and the room of a slot given back is
+  reused. It is written at once and its distance returned: the caller sleeps that long
+  (counted from when it sent the call, so it never wakes late), then ``confirm``s and sends.
+  ``confirm`` answers ``wait`` with the rest when the caller woke early, and refuses a slot
+  the caller woke too late for (``late``), one a pause has overtaken (``paused``) or one no
+  longer in the log (``missing``): the caller then reserves afresh. A grant whose answer took
+  longer than ``SEND_MARGIN / 2`` to come back is given back as well (``stale_grants``), but
+  is no reason to leave the shared log. Saturation uses every slot: ``cap`` per ``W``,
+  99.99 % of the cap at 10,000 / 10 min.
 - ``pause``: paused-until becomes the later of the old and the new end, and reservations not
   yet due move back together (order and spacing kept, which keeps every window within the
-  cap), so every replica stops granting.
+  cap), so every replica stops granting. A pause Redis did not hear of rides on the next call.
+- ``claim`` and ``sync``: recovery, below.
 - Every call carries this replica's grants Redis does not have yet (``seeds``, ZADD NX by
   unique id, so repeating them is harmless) and reservations it gave up (``releases``), and
-  returns a histogram of the log (``2 * BUCKETS`` buckets over ``(now - W, now + W]``) that
-  the fallback below needs.
+  returns a histogram of the log (``2 * BUCKETS`` buckets over ``(now - W, now + W]``, then
+  the count and the latest time of entries beyond) that the fallback below needs.
 
 Redis unreachable (connection error, or no answer within ``timeout``; a ``DEBUG SLEEP``
 is the same as a dead Redis): the replica switches to a local reservation log of
-``floor(cap / replicas())`` (the replica count it last saw) and keeps sending. The local
-log is seeded with the last histogram it saw, each entry weighing ``1 / replicas`` (every
-replica may use its share of the room the old shared window leaves, never more), and with
-its own grants since. Summed over replicas that keeps every window, including the ones
-across the switch, within the cap. It probes Redis every ``probe_interval`` and logs once
-a minute while degraded; ``degraded`` / ``mode`` expose the state for a metric.
+``cap // replicas()`` (at least 1; the replica count it last saw) and keeps sending
+(:mod:`watcher.budget.fallback`). The local log is seeded with the last histogram it saw,
+each entry weighing ``1 / replicas`` (every replica may use its share of the room the old
+shared window leaves, never more), and with its own grants since. Summed over replicas that
+keeps every window, including the ones across the switch, within the cap. While degraded,
+the next acquire after each ``probe_interval`` probes Redis (``sync``), and the outage is
+logged at most once a minute; ``degraded`` / ``mode`` expose the state for a metric.
 
 Back to Redis: the log there may lack what other replicas sent meanwhile, so a returning
 replica sets ``recover`` one window ahead, and a Redis that comes back empty (no epoch
@@ -46,9 +54,9 @@ after ``recover`` and reservations before it, so once shared grants resume the l
 everything sent in the last window. A replica that sees a new epoch first writes its own
 grants of the last window back (re-seeding), so nothing it sent is forgotten. The first
 window of a brand-new budget is a recovery too: an empty Redis cannot tell "new" from
-"restarted". Claims are refused beyond the cap (``full``, with the wait until the oldest
-entry leaves): replicas starting together each see too few others at first, and their
-local shares alone could add up to more than the cap.
+"restarted". Claims are refused beyond the cap (``full``, with the wait until the entry
+holding the cap's place leaves): replicas starting together each see too few others at
+first, and their local shares alone could add up to more than the cap.
 
 Known limits: a replica cut off from Redis while the others still reach it keeps its local
 share while they use the rest of the log, so the cap can be exceeded by up to its share
@@ -59,81 +67,33 @@ instant between this replica's last answer and the outage are not in its histogr
 from __future__ import annotations
 
 import asyncio
-import bisect
-import itertools
-import math
-import secrets
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Literal
 
 import structlog
-from redis.exceptions import RedisError
 
 from watcher import keys
-from watcher.budget.local import Budget, LocalBudget
-from watcher.cluster.connection import RedisClient, lua_script
+from watcher.budget.fallback import Fallback, seed_times
+from watcher.budget.local import Budget
+from watcher.budget.script import Reply, SharedLog, raise_if_cancelled
+from watcher.cluster.connection import RedisClient
 from watcher.config import Config, Limit
 from watcher.errors import BudgetUnavailable
-from watcher.tuning import BUDGET_BUCKETS as BUCKETS
-from watcher.tuning import PROBLEM_LOG_EVERY, SEND_MARGIN
+from watcher.logs import Occasionally
 
 log = structlog.get_logger(__name__)
 
 Mode = Literal["shared", "degraded", "recovering"]
 
 
-_SCRIPT = lua_script(__package__, "shared.lua")
-
-
-@dataclass(frozen=True)
-class _Reply:
-    status: str
-    wait: float  # seconds
-    epoch: str
-    recover: float  # seconds until shared grants resume
-    paused: float  # seconds of pause left
-    hist: tuple[int, ...]  # counts over (now - W, now + W], 2 * BUCKETS buckets
-    over: int  # entries beyond now + W
-    over_last: float  # seconds from now to the latest of those
-    sent: float  # local clock when the call left
-    recv: float  # local clock when the answer arrived
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-class _Fallback(LocalBudget):
-    """The local reservation log, seedable with the old shared window.
-
-    LocalBudget appends each grant at the end; seeded entries may lie in the future
-    (reservations not yet due), so grants are inserted in order instead, which keeps
-    its ``grants[len - cap]`` arithmetic exact.
-    """
-
-    def seed(self, times: Iterable[float]) -> None:
-        self._grants = deque(sorted([*self._grants, *times]))
-
-    def hold_until(self, until: float) -> None:
-        """Carry over a pause already in force (local clock)."""
-        self._paused_until = max(self._paused_until, until)
-
-    async def acquire(self) -> float:
-        started = self._clock()
-        async with self._lock:
-            while (wait := self.wait_time(self._clock())) > 0:  # noqa: ASYNC110
-                await asyncio.sleep(wait)
-            now = self._clock()
-            bisect.insort(self._grants, now)
-            self.granted += 1
-            return now - started
-
-
 class RedisBudget:
-    """A :class:`~watcher.budget.Budget` shared through Redis by every replica."""
+    """A :class:`~watcher.budget.local.Budget` shared through Redis by every replica.
+
+    The mode machine: ``shared`` (reserve in Redis), ``degraded`` (Redis out of
+    reach: the local fallback, probing) and ``recovering`` (the local fallback,
+    each grant claimed in Redis before it is sent).
+    """
 
     def __init__(
         self,
@@ -148,37 +108,21 @@ class RedisBudget:
         prefix: str = keys.ROOT,
     ) -> None:
         self._limit = limit
-        self._replica = replica
         self._replicas = replicas
         self._clock = clock
-        self._timeout = timeout
         self._probe_interval = probe_interval
-        self._window = limit.per + SEND_MARGIN
-        # Half the margin for waking late, half for the answer's way back and the send.
-        self._late = SEND_MARGIN / 2
-        self.keys = keys.budget(limit.name, prefix)
-        self._script = client.register_script(_SCRIPT)
-        self._ids = itertools.count()
-        self._token = f"{replica}:{secrets.token_hex(3)}"
-        self._epoch = ""
+        self._log = SharedLog(
+            client, limit, replica=replica, clock=clock, timeout=timeout, prefix=prefix
+        )
+        self.keys = self._log.keys
         self._mode: Mode = "shared"
-        self._local: _Fallback | None = None
+        self._local: Fallback | None = None
         self._switched = asyncio.Event()
-        self._snapshot: _Reply | None = None
-        # member -> (local time it was or will be sent, local time we learnt of it)
-        self._own: dict[str, tuple[float, float]] = {}
-        self._unsynced: set[str] = set()
-        self._releases: set[str] = set()
-        self._pending_pause = 0.0  # local clock; a pause Redis has not heard of yet
-        self._paused_until = 0.0  # local clock, as last heard
         self._probe_at = 0.0
         self._probing = False
-        self._logged_at = -math.inf
-        self._pruned_at = -math.inf
-        self._used = 0
+        self._degraded_log = Occasionally(clock=clock)
         self.granted = 0
         self.stale_grants = 0  # grants dropped: the answer came back too late to use
-        self.rtt_max = 0.0
         self.paused_seconds = 0.0
         self.local_cap = limit.cap
         self.degraded_since: float | None = None
@@ -200,14 +144,19 @@ class RedisBudget:
         """True while grants come from the local fallback (cap / replicas)."""
         return self._mode != "shared"
 
+    @property
+    def rtt_max(self) -> float:
+        """The longest a script call took to answer, in seconds."""
+        return self._log.rtt_max
+
     def used(self) -> int:
         """Grants in the current window: the shared log's, or the local log's."""
         if self._local is not None:
             return self._local.used()
-        return self._used
+        return self._log.used
 
     def pause_remaining(self) -> float:
-        return max(0.0, self._paused_until - self._clock())
+        return max(0.0, self._log.paused_until - self._clock())
 
     # --- the Budget protocol ---------------------------------------------------------------
 
@@ -218,10 +167,8 @@ class RedisBudget:
         while not await (
             self._acquire_shared() if self._mode == "shared" else self._acquire_local()
         ):
-            if task is not None and task.cancelling() > cancelling:
-                # A cancellation swallowed on the way (a timeout racing it, in the Redis
-                # client or asyncio.timeout on 3.11) must still end this call.
-                raise asyncio.CancelledError
+            # A cancellation swallowed on the way must still end this call.
+            raise_if_cancelled(task, cancelling)
         self.granted += 1
         return self._clock() - started
 
@@ -229,75 +176,69 @@ class RedisBudget:
         if seconds <= 0:
             return
         until = self._clock() + seconds
-        self._paused_until = max(self._paused_until, until)
+        self._log.paused_until = max(self._log.paused_until, until)
         if self._local is not None:
             await self._local.pause(seconds)
-        self._pending_pause = max(self._pending_pause, until)
-        try:
-            reply = await self._call("pause")
-        except BudgetUnavailable as exc:
-            self.paused_seconds += seconds
-            self._enter_degraded(exc)
-            return
-        if reply.status == "epoch":
-            self.paused_seconds += seconds
-            self._on_epoch(reply)  # the pause stays pending for the next call
-            return
-        self.paused_seconds += reply.wait
+        self._log.pending_pause = max(self._log.pending_pause, until)
+        # Not delivered (no Redis, or a new epoch): the pause stays pending for the next call.
+        reply = await self._ask("pause")
+        self.paused_seconds += seconds if reply is None else reply.wait
 
     # --- shared ----------------------------------------------------------------------------
 
     async def _acquire_shared(self) -> bool:
-        member = self._member()
-        try:
-            reply = await self._call("reserve", member)
-        except BudgetUnavailable as exc:
-            self._enter_degraded(exc)
-            return False
-        if reply.status == "epoch":
-            self._on_epoch(reply)
+        member = self._log.member()
+        reply = await self._ask("reserve", member)
+        if reply is None:
             return False
         if reply.status == "recovering":
             self._enter_local("recovering", reply)
             return False
-        self._own[member] = (reply.recv + reply.wait, reply.recv)
+        self._log.own[member] = (reply.recv + reply.wait, reply.recv)
+        try:
+            last = await self._wait_for_slot(member, reply)
+        except asyncio.CancelledError:
+            self._log.abandon(member)
+            raise
+        if last is None:
+            return False
+        if self._mode != "shared":
+            # Another caller switched to the fallback meanwhile: its log does not
+            # count this grant, so it must not be used.
+            self._log.abandon(member)
+            return False
+        if last.recv - last.sent > self._log.late:
+            self._log.abandon(member)
+            self._slow_reply()
+            return False
+        self._log.own[member] = (self._clock(), last.recv)
+        return True
+
+    async def _wait_for_slot(self, member: str, reply: Reply) -> Reply | None:
+        """Sleep until the reserved slot, confirming it; None when it must be reserved again."""
         last = reply
         # The slot is ``wait`` after the script ran, somewhere between sending and the
         # answer: wake at the earliest; confirm says if it is still ahead.
         pending, sleep = reply.wait > 0, reply.wait - (reply.recv - reply.sent)
-        try:
-            while pending:
-                if sleep > 0:
-                    await asyncio.sleep(sleep)
-                try:
-                    last = await self._call("confirm", member)
-                except BudgetUnavailable as exc:
-                    self._abandon(member)
-                    self._enter_degraded(exc)
-                    return False
-                if last.status == "epoch":
-                    self._own.pop(member, None)
-                    self._on_epoch(last)
-                    return False
-                if last.status in ("paused", "late", "missing"):
-                    # The script already dropped it: reserve afresh (after the pause).
-                    self._own.pop(member, None)
-                    return False
-                pending, sleep = last.status == "wait", last.wait
-        except asyncio.CancelledError:
-            self._abandon(member)
-            raise
-        if self._mode != "shared":
-            # Another caller switched to the fallback meanwhile: its log does not
-            # count this grant, so it must not be used.
-            self._abandon(member)
-            return False
-        if last.recv - last.sent > self._late:
-            self._abandon(member)
-            self._slow_reply()
-            return False
-        self._own[member] = (self._clock(), last.recv)
-        return True
+        while pending:
+            if sleep > 0:
+                await asyncio.sleep(sleep)
+            try:
+                last = await self._log.call("confirm", member)
+            except BudgetUnavailable as exc:
+                self._log.abandon(member)
+                self._enter_degraded(exc)
+                return None
+            if last.status == "epoch":
+                self._log.own.pop(member, None)
+                self._on_epoch(last)
+                return None
+            if last.status in ("paused", "late", "missing"):
+                # The script already dropped it: reserve afresh (after the pause).
+                self._log.own.pop(member, None)
+                return None
+            pending, sleep = last.status == "wait", last.wait
+        return last
 
     # --- local fallback ---------------------------------------------------------------------
 
@@ -309,20 +250,18 @@ class RedisBudget:
                 return False
         if not await self._local_grant():
             return False
-        member = self._member()
+        member = self._log.member()
         if self._mode == "degraded":
             now = self._clock()
-            self._own[member] = (now, now)
-            self._unsynced.add(member)
+            self._log.own[member] = (now, now)
+            self._log.unsynced.add(member)
             return True
-        # Recovering: Redis must hold the grant before it is sent.
-        try:
-            reply = await self._call("claim", member)
-        except BudgetUnavailable as exc:
-            self._enter_degraded(exc)
-            return False
-        if reply.status == "epoch":
-            self._on_epoch(reply)
+        return await self._claim(member)
+
+    async def _claim(self, member: str) -> bool:
+        """Recovering: Redis must hold the grant before it is sent."""
+        reply = await self._ask("claim", member)
+        if reply is None:
             return False
         if reply.status == "shared":
             self._enter_shared()
@@ -335,46 +274,29 @@ class RedisBudget:
             # The shared log is at the cap: wait until its oldest grant leaves.
             await asyncio.sleep(reply.wait)
             return False
-        if reply.recv - reply.sent > self._late:
-            self._releases.add(member)
+        if reply.recv - reply.sent > self._log.late:
+            self._log.releases.add(member)
             self._slow_reply()
             return False
-        self._own[member] = (self._clock(), reply.recv)
+        self._log.own[member] = (self._clock(), reply.recv)
         return True
 
     async def _local_grant(self) -> bool:
         """A grant from the local log, or False when the mode changes while waiting."""
-        local, switched = self._local, self._switched
-        if local is None:
+        local = self._local
+        if local is None or not await local.acquire_unless(self._switched):
             return False
-        grant = asyncio.ensure_future(local.acquire())
-        change = asyncio.ensure_future(switched.wait())
-        try:
-            await asyncio.wait({grant, change}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            change.cancel()
-            if not grant.done():
-                grant.cancel()
-                # Let the cancellation land (releases its lock) before looking at it.
-                await asyncio.wait({grant})
-        if grant.cancelled():
-            return False
-        grant.result()
         # Granted as the mode changed: that log is gone, so the grant is not used.
         return local is self._local
 
     async def _probe(self) -> None:
         self._probing = True
         try:
-            reply = await self._call("sync", returning=True)
-        except BudgetUnavailable as exc:
-            self._probe_at = self._clock() + self._probe_interval
-            self._enter_degraded(exc)
-            return
+            reply = await self._ask("sync", returning=True)
         finally:
             self._probing = False
-        if reply.status == "epoch":
-            self._on_epoch(reply)
+        if reply is None:
+            self._probe_at = self._clock() + self._probe_interval
         elif reply.recover > 0:
             self._enter_local("recovering", reply)
         else:
@@ -382,18 +304,32 @@ class RedisBudget:
 
     # --- mode changes -----------------------------------------------------------------------
 
+    async def _ask(self, op: str, member: str = "", *, returning: bool = False) -> Reply | None:
+        """A script call; None when Redis is out of reach or has a new epoch (mode changed)."""
+        try:
+            reply = await self._log.call(op, member, returning=returning)
+        except BudgetUnavailable as exc:
+            self._enter_degraded(exc)
+            return None
+        if reply.status == "epoch":
+            self._on_epoch(reply)
+            return None
+        return reply
+
     def _enter_degraded(self, exc: BaseException | str) -> None:
         if self._mode == "shared":
             self._build_local()
+        elif self._mode == "recovering":
+            self._reshare()
         if self._mode != "degraded":
             self._mode = "degraded"
             self.degraded_since = self._clock()
             self._probe_at = self._clock() + self._probe_interval
-            self._logged_at = -math.inf
+            self._degraded_log.reset()
             self._degraded_reason = str(exc) or type(exc).__name__
             self._log_degraded()
 
-    def _enter_local(self, mode: Mode, reply: _Reply | None) -> None:
+    def _enter_local(self, mode: Mode, reply: Reply | None) -> None:
         if self._mode == "shared":
             self._build_local()
         if self._mode != mode:
@@ -414,49 +350,42 @@ class RedisBudget:
         self._switched.set()
         self._switched = asyncio.Event()
 
-    def _on_epoch(self, reply: _Reply) -> None:
+    def _on_epoch(self, reply: Reply) -> None:
         """Redis lost the log: write back our own grants of the last window, recover."""
-        if reply.epoch == self._epoch:
+        if reply.epoch == self._log.epoch:
             return  # another caller already took this one in
         log.warning(
             "budget: redis lost the shared log; re-seeding and recovering",
             budget=self._limit.name,
             epoch=reply.epoch,
         )
-        self._epoch = reply.epoch
-        now = self._clock()
-        self._unsynced.update(m for m, (at, _) in self._own.items() if at <= now)
+        self._log.epoch = reply.epoch
+        self._log.resend_own()
         self._enter_local("recovering", None)
 
     def _build_local(self) -> None:
         """Local log: our share of what the last shared window left, plus our own since."""
         replicas = max(1, self._replicas())
         self.local_cap = max(1, self._limit.cap // replicas)
-        local = _Fallback(self._limit, cap=self.local_cap, clock=self._clock)
-        now = self._clock()
-        snap = self._snapshot
-        times: list[float] = []
-        since = -math.inf
-        if snap is not None:
-            since = snap.sent
-            width = self._window / BUCKETS
-            points = [
-                (snap.recv - self._window + (j + 1) * width, count)
-                for j, count in enumerate(snap.hist)
-            ]
-            if snap.over:
-                points.append((snap.recv + snap.over_last, snap.over))
-            # Every suffix (entries still in a window) weighs 1/replicas, rounded up.
-            suffix = placed = 0
-            for at, count in reversed(points):
-                suffix += count
-                need = -(-suffix // replicas)
-                times.extend([at] * (need - placed))
-                placed = need
-        times.extend(at for at, seen in self._own.values() if seen > since and at <= now)
-        local.seed(times)
-        local.hold_until(self._paused_until)
+        local = Fallback(self._limit, cap=self.local_cap, clock=self._clock)
+        shared = self._log
+        local.seed(
+            seed_times(shared.snapshot, shared.window, replicas, shared.own.values(), self._clock())
+        )
+        local.hold_until(shared.paused_until)
         self._local = local
+
+    def _reshare(self) -> None:
+        """The local share as the replica count stands now, not when the log was built.
+
+        While recovering, the script refuses claims beyond the cap, whatever each
+        local share says; replicas starting together each saw too few others when
+        they built theirs. Once Redis is gone nothing refuses them, so each must
+        hold to cap / replicas from here on.
+        """
+        self.local_cap = max(1, self._limit.cap // max(1, self._replicas()))
+        if self._local is not None:
+            self._local.cap = self.local_cap
 
     def _slow_reply(self) -> None:
         # Not a reason to leave the shared log: a replica granting locally while the
@@ -464,10 +393,9 @@ class RedisBudget:
         self.stale_grants += 1
 
     def _log_degraded(self) -> None:
-        now = self._clock()
-        if now - self._logged_at < PROBLEM_LOG_EVERY:
+        if not self._degraded_log.due():
             return
-        self._logged_at = now
+        now = self._clock()
         log.warning(
             "budget degraded: redis unreachable, using a local budget",
             budget=self._limit.name,
@@ -475,101 +403,6 @@ class RedisBudget:
             seconds=round(now - (self.degraded_since or now), 1),
             error=self._degraded_reason,
         )
-
-    # --- the script --------------------------------------------------------------------------
-
-    def _member(self) -> str:
-        return f"{self._token}:{next(self._ids):x}"
-
-    def _abandon(self, member: str) -> None:
-        self._own.pop(member, None)
-        self._releases.add(member)
-
-    async def _call(self, op: str, member: str = "", *, returning: bool = False) -> _Reply:
-        sent = self._clock()
-        self._prune(sent)
-        seeds: list[str] = []
-        pushed: list[str] = []
-        for m in list(self._unsynced):
-            entry = self._own.get(m)
-            if entry is None or sent - entry[0] >= self._window:
-                self._unsynced.discard(m)
-            elif entry[0] <= sent:
-                seeds += (m, f"{(sent - entry[0]) * 1000:.3f}")
-                pushed.append(m)
-        releases = list(self._releases)
-        pending = self._pending_pause
-        pause_ms = max(0.0, pending - sent) * 1000
-        args: list[str | int] = [
-            op,
-            self._limit.cap,
-            f"{self._window * 1000:.3f}",
-            f"{self._late * 1000:.3f}",
-            self._epoch,
-            member,
-            f"{pause_ms:.3f}",
-            1 if returning else 0,
-            BUCKETS,
-            len(pushed),
-            *seeds,
-            len(releases),
-            *releases,
-        ]
-        task = asyncio.current_task()
-        cancelling = task.cancelling() if task is not None else 0
-        try:
-            async with asyncio.timeout(self._timeout):
-                raw = await self._script(keys=self.keys, args=args)
-        except (RedisError, OSError, TimeoutError) as exc:
-            _cancelled(task, cancelling)
-            raise BudgetUnavailable(str(exc) or type(exc).__name__) from exc
-        # The Redis client can turn our caller's cancellation into an error or an answer.
-        _cancelled(task, cancelling)
-        reply = self._parse(raw, sent, self._clock())
-        self.rtt_max = max(self.rtt_max, reply.recv - sent)
-        if reply.status == "epoch":
-            return reply
-        if not self._epoch:
-            self._epoch = reply.epoch
-        self._unsynced.difference_update(pushed)
-        self._releases.difference_update(releases)
-        if pause_ms > 0 and self._pending_pause == pending:
-            self._pending_pause = 0.0
-        self._paused_until = max(self._paused_until, reply.recv + reply.paused)
-        if self._snapshot is None or reply.recv >= self._snapshot.recv:
-            self._snapshot = reply
-        self._used = sum(reply.hist[:BUCKETS])
-        return reply
-
-    def _parse(self, raw: Sequence[Any], sent: float, recv: float) -> _Reply:
-        status = _text(raw[0])
-        if status == "epoch":
-            return _Reply(status, 0.0, _text(raw[2]), 0.0, 0.0, (), 0, 0.0, sent, recv)
-        return _Reply(
-            status=status,
-            wait=float(_text(raw[1])) / 1000,
-            epoch=_text(raw[2]),
-            recover=float(_text(raw[3])) / 1000,
-            paused=float(_text(raw[4])) / 1000,
-            hist=tuple(int(x) for x in raw[5 : 5 + 2 * BUCKETS]),
-            over=int(raw[5 + 2 * BUCKETS]),
-            over_last=float(_text(raw[6 + 2 * BUCKETS])) / 1000,
-            sent=sent,
-            recv=recv,
-        )
-
-    def _prune(self, now: float) -> None:
-        if now - self._pruned_at < 1.0:
-            return
-        self._pruned_at = now
-        horizon = now - self._window - 1.0
-        for member in [m for m, (at, _) in self._own.items() if at < horizon]:
-            del self._own[member]
-
-
-def _cancelled(task: asyncio.Task[Any] | None, before: int) -> None:
-    if task is not None and task.cancelling() > before:
-        raise asyncio.CancelledError
 
 
 def budgets_for(

@@ -1,9 +1,10 @@
 """Which replica owns which shard: heartbeats and fenced per-shard leases in Redis.
 
-DESIGN, "Shards and replicas": replicas heartbeat and hold per-shard leases
-(fenced, renewed every interval/2, ttl about 1.5 intervals), each taking about
-shards/replicas; a dead replica's shards are taken over within two intervals.
-Without Redis one process owns every shard (:class:`LocalMembership`).
+Replicas heartbeat and hold per-shard leases (fenced, renewed every
+interval/2, ttl about 1.5 intervals), each taking about shards/replicas; a
+dead replica's shards are taken over within two intervals (docs/architecture.md,
+"cluster/: shards, leases and fences"). Without Redis one process owns every shard
+(:class:`LocalMembership`).
 
 Keys (all under one hash tag, so the scripts also run on Redis Cluster /
 Memorystore, where every key a script touches must live in one slot)::
@@ -54,7 +55,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
 import secrets
 import socket
@@ -67,7 +67,8 @@ from redis.exceptions import RedisError
 
 from watcher import keys
 from watcher.cluster.connection import RedisClient, lua_script
-from watcher.tuning import EXPIRY_SLACK, PROBLEM_LOG_EVERY, RENEW_INTERVALS, TTL_INTERVALS
+from watcher.logs import Occasionally
+from watcher.tuning import EXPIRY_SLACK, RENEW_INTERVALS, TTL_INTERVALS
 
 log = structlog.get_logger()
 
@@ -183,7 +184,7 @@ class Membership:
         self._deadline = 0.0  # by our clock, when the leases we hold lapse
         self._replicas = 1
         self._floor = 0  # the highest fence seen: seeds counters Redis has lost
-        self._last_error_log = -math.inf
+        self._error_log = Occasionally(clock=clock)
         self._tick = client.register_script(TICK)
         self._release = client.register_script(RELEASE)
 
@@ -273,7 +274,7 @@ class Membership:
     def _apply(self, sent: float, reply: Any) -> float:
         live, target, settle_ms, next_expiry_ms, flat = reply
         leases = {int(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
-        if not self.connected and self._last_error_log > -math.inf:
+        if not self.connected and self._error_log.said:
             log.info("redis reachable again", replica=self.replica_id)
         self.connected = True
         self._replicas = max(1, int(live))
@@ -296,9 +297,7 @@ class Membership:
 
     def _unreachable(self, exc: BaseException) -> None:
         self.connected = False
-        now = self._clock()
-        if now - self._last_error_log >= PROBLEM_LOG_EVERY:
-            self._last_error_log = now
+        if self._error_log.due():
             log.warning(
                 "redis unreachable; still checking the shards held",
                 replica=self.replica_id,

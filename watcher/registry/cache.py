@@ -13,7 +13,6 @@ a miss, and is logged at most once a minute.
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import structlog
@@ -22,10 +21,10 @@ from redis.exceptions import RedisError
 from watcher.cluster.connection import RedisClient
 from watcher.keys import CACHE as PREFIX
 from watcher.keys import CACHE_TIMES as TIMES
-from watcher.tuning import FRESH_SHARE, PROBLEM_LOG_EVERY
+from watcher.logs import Occasionally
+from watcher.tuning import FRESH_SHARE
 
 log = structlog.get_logger()
-
 
 
 class SharedCache:
@@ -34,12 +33,10 @@ class SharedCache:
     def __init__(self, client: RedisClient | None, interval: float) -> None:
         self._client = client
         self.ttl_ms = max(1, int(interval * FRESH_SHARE * 1000))
-        self._last_error = -PROBLEM_LOG_EVERY
+        self._error_log = Occasionally()
 
     def _failed(self, exc: Exception) -> None:
-        now = time.monotonic()
-        if now - self._last_error >= PROBLEM_LOG_EVERY:
-            self._last_error = now
+        if self._error_log.due():
             log.warning("shared cache unavailable; asking the registry", reason=str(exc))
 
     async def get(self, key: str) -> Any:

@@ -16,21 +16,17 @@ from typing import Any
 
 from watcher.errors import CredentialsError, ExtensionError
 from watcher.references import is_digest, is_tag
+from watcher.registry.manifests import (
+    DOCKER_MANIFEST_V1,
+    DOCKER_MANIFEST_V1_SIGNED,
+    MANIFEST_TYPES,
+)
 from watcher.strategies import ImageFacts
 from watcher.tuning import FAILURE_TTL, REFRESH_MARGIN, REFRESH_SHARE
 
 # Media types a Google registry lists for images we can follow. Anything else
 # (attestations, Helm charts, signatures) is not an image a block can run.
-IMAGE_MEDIA_TYPES = frozenset(
-    {
-        "application/vnd.oci.image.index.v1+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-        "application/vnd.oci.image.manifest.v1+json",
-        "application/vnd.docker.distribution.manifest.v2+json",
-        "application/vnd.docker.distribution.manifest.v1+prettyjws",
-        "application/vnd.docker.distribution.manifest.v1+json",
-    }
-)
+IMAGE_MEDIA_TYPES = frozenset({*MANIFEST_TYPES, DOCKER_MANIFEST_V1, DOCKER_MANIFEST_V1_SIGNED})
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 
 
@@ -79,7 +75,11 @@ def facts_from_pages(pages: Iterable[dict[str, Any]]) -> tuple[ImageFacts, list[
             entry_tags = entry.get("tag", [])
             if not isinstance(entry_tags, list):
                 raise ExtensionError(f"page {index + 1}: tags of {digest} are not a list")
-            if media_type is not None and media_type not in IMAGE_MEDIA_TYPES:
+            # Not a string (a list, a map) is not a media type we know: frozenset
+            # membership of an unhashable value would raise TypeError instead.
+            if media_type is not None and (
+                not isinstance(media_type, str) or media_type not in IMAGE_MEDIA_TYPES
+            ):
                 skipped.append(f"{digest}: media type {media_type!r} is not an image")
                 unfollowable.update(t for t in entry_tags if isinstance(t, str))
                 continue
