@@ -90,12 +90,7 @@ class WriteBack:
             written = self._written.get(block.id)
             if written is not None:
                 edit = written[0]
-                raw = (
-                    replace(block.raw, shasum=edit.new)
-                    if edit.field == "shasum"
-                    else replace(block.raw, override_tag=edit.new)
-                )
-                block = replace(block, raw=raw)
+                block = replace(block, raw=block.raw.with_value(edit.field, edit.new))
             current.append(block)
         return current
 

@@ -15,17 +15,20 @@ from watcher.errors import InvalidReference, PolicyError
 from watcher.gitops import values
 from watcher.gitops.mirror import GitMirror
 from watcher.references import ImageName, canonical_name
+from watcher.steer.holds import FOLLOWING, Steer
 from watcher.strategies import Policy, parse_policy
 
 
 @dataclass(frozen=True)
 class FoundBlock:
-    """An image block with its interpretation: which image, which policy."""
+    """An image block with its interpretation: which image, which policy, which state
+    (following, pinned, held, off: :mod:`watcher.steer.holds`)."""
 
     id: BlockId
     raw: RawBlock
     image: ImageName
     policy: Policy
+    steer: Steer = FOLLOWING
 
 
 @dataclass(frozen=True)
