@@ -86,8 +86,15 @@ STARTUP_CHECK = 10.0
 # How long a fetch or push may take before it is killed (``git.timeout``'s default).
 GIT_TIMEOUT = 60.0
 
+# How far back in a values file's history the status looks for the commit that
+# gave a held or pinned block its value, when no trailer names it (a revert, a hand
+# edit). One bounded `git log` per such block per change of its file; a change older
+# than this many commits of the file shows as unknown (`watcher history` walks all).
+LAST_CHANGE_DEPTH = 200
+
 # --- logs ---------------------------------------------------------------------------------
 
 # A condition that lasts (Redis out of reach, a degraded budget, a cache that
 # fails) is logged at most this often, so an outage does not flood the logs.
 PROBLEM_LOG_EVERY = 60.0
+

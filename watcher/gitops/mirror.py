@@ -255,6 +255,11 @@ class GitMirror:
             )
         return str(out).strip() if status == 0 and out else None
 
+    def log(self, *args: str) -> str:
+        """``git log ARGS``: the history holds and ``watcher history`` are read from."""
+        with self._lock:
+            return self._run("log", *args, strip_newline_in_stdout=False)
+
     # --- writing -----------------------------------------------------------------------
 
     def commit_and_push(

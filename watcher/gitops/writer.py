@@ -19,6 +19,8 @@ from watcher.blocks import Update
 from watcher.errors import GitError
 from watcher.gitops import values
 from watcher.gitops.mirror import GitMirror
+from watcher.steer import trailers
+from watcher.steer.trailers import Mark
 
 Result = Literal["committed", "unchanged", "conflict", "error"]
 
@@ -157,6 +159,13 @@ class BranchWriter:
         return changes, applied, dropped
 
     def _message(self, applied: Sequence[Update]) -> str:
-        subject = f"image-watcher: update {len(applied)} image(s) on {self.branch}"
-        body = "\n".join(f"- {update.describe()}" for update in applied)
-        return f"{subject}\n\n{body}\n"
+        # The trailers are what holds are derived from (watcher.steer.trailers): what
+        # the watcher itself last wrote into each block.
+        return trailers.message(
+            f"image-watcher: update {len(applied)} image(s) on {self.branch}",
+            [f"- {update.describe()}" for update in applied],
+            [
+                Mark("set", update.block.ref, update.edit.field, update.edit.new)
+                for update in applied
+            ],
+        )
