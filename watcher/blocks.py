@@ -82,14 +82,16 @@ class Edit:
     that moved: it applies only while the block still has ``repository`` and
     ``tag`` as they were when the update was decided and ``field`` still holds
     ``old`` (``None`` meaning absent or empty). Anything else means a person
-    changed the block meanwhile, and the person wins.
+    changed the block meanwhile, and the person wins. ``new`` None empties the
+    field (``watcher release`` clearing a pin); the watcher itself always writes
+    a value.
     """
 
     document: int
     path: KeyPath
     field: Field
     old: str | None
-    new: str
+    new: str | None
     repository: str
     tag: str | None
 
@@ -104,4 +106,7 @@ class Update:
     strategy: str
 
     def describe(self) -> str:
-        return f"{self.block}: {self.edit.field} {self.edit.old or '(none)'} -> {self.edit.new}"
+        edit = self.edit
+        if edit.old == edit.new:  # a person's record (a release of a hold): no byte changes
+            return f"{self.block}: {edit.field} stays {edit.new or '(none)'}"
+        return f"{self.block}: {edit.field} {edit.old or '(none)'} -> {edit.new or '(none)'}"

@@ -263,24 +263,33 @@ class GitMirror:
     # --- writing -----------------------------------------------------------------------
 
     def commit_and_push(
-        self, branch: str, parent: str, changes: Mapping[str, bytes], message: str
+        self,
+        branch: str,
+        parent: str,
+        changes: Mapping[str, bytes],
+        message: str,
+        *,
+        author: Author | None = None,
     ) -> PushResult:
-        """Commit ``changes`` on top of ``parent`` (no checkout) and push it to ``branch``."""
+        """Commit ``changes`` on top of ``parent`` (no checkout) and push it to ``branch``;
+        by ``author`` (author and committer), else the watcher's own identity."""
         with self._lock:
             try:
-                sha = self._commit(parent, changes, message)
+                sha = self._commit(parent, changes, message, author or self.author)
             except GitError as exc:
                 return PushResult("error", str(exc))
         # The push is network time, outside the lock: writers of different
         # branches push in parallel instead of queueing behind each other.
         return self._push(branch, sha)
 
-    def _commit(self, parent: str, changes: Mapping[str, bytes], message: str) -> str:
+    def _commit(
+        self, parent: str, changes: Mapping[str, bytes], message: str, by: Author
+    ) -> str:
         author = {
-            "GIT_AUTHOR_NAME": self.author.name,
-            "GIT_AUTHOR_EMAIL": self.author.email,
-            "GIT_COMMITTER_NAME": self.author.name,
-            "GIT_COMMITTER_EMAIL": self.author.email,
+            "GIT_AUTHOR_NAME": by.name,
+            "GIT_AUTHOR_EMAIL": by.email,
+            "GIT_COMMITTER_NAME": by.name,
+            "GIT_COMMITTER_EMAIL": by.email,
         }
         with tempfile.TemporaryDirectory(prefix="watcher-index-") as tmp:
             # A private index: the commit is built beside, never through, a checkout.

@@ -367,8 +367,10 @@ def plain_is_safe(value: str, flow: bool = False) -> bool:
     return bool(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._:-]*", value))
 
 
-def _render(value: str, style: str | None, flow: bool) -> str:
+def _render(value: str | None, style: str | None, flow: bool) -> str:
     # Values come from the OCI grammar (letters, digits, `._-:`), so no escaping is needed.
+    if not value:
+        return "''" if style == "'" else '""'
     if style == "'":
         return f"'{value}'"
     if style == '"' or not plain_is_safe(value, flow):
@@ -473,6 +475,8 @@ def _plan(
 
 
 def _valid(edit: Edit) -> bool:
+    if edit.new is None:  # emptying: only a pin is ever cleared
+        return edit.field == "overrideTag"
     return is_digest(edit.new) if edit.field == "shasum" else is_tag(edit.new)
 
 
@@ -524,7 +528,7 @@ def apply_edits(text: str, edits: Sequence[Edit]) -> tuple[str, list[EditResult]
     results: list[EditResult] = []
     splices: list[_Splice] = []
     applied: list[Edit] = []
-    claimed: dict[tuple[int, KeyPath, str], str] = {}
+    claimed: dict[tuple[int, KeyPath, str], str | None] = {}
     for order, edit in enumerate(edits):
         result = _decide(text, edit, index, scan.merge_sources, claimed, order)
         if isinstance(result, _Splice):
@@ -559,7 +563,7 @@ def _decide(
     edit: Edit,
     index: dict[tuple[int, KeyPath], _Found],
     merge_sources: set[int],
-    claimed: dict[tuple[int, KeyPath, str], str],
+    claimed: dict[tuple[int, KeyPath, str], str | None],
     order: int,
 ) -> _Splice | EditResult:
     where = format_path(edit.path)
@@ -576,9 +580,9 @@ def _decide(
         )
     if raw.tag != edit.tag:
         return EditResult(edit, "skipped", f"tag changed from {edit.tag} to {raw.tag}")
-    previous = claimed.get((edit.document, edit.path, edit.field))
-    if previous is not None:
-        if previous == edit.new:
+    where_field = (edit.document, edit.path, edit.field)
+    if where_field in claimed:
+        if claimed[where_field] == edit.new:
             return EditResult(edit, "already", "the same edit is earlier in this batch")
         return EditResult(edit, "skipped", "another edit in this batch sets the same field")
     current = _current(found, edit.field)

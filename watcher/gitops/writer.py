@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from watcher.blocks import Update
+from watcher.config import Author
 from watcher.errors import GitError
 from watcher.gitops import values
 from watcher.gitops.mirror import GitMirror
@@ -64,8 +65,23 @@ class BranchWriter:
         self.attempts = max(1, attempts)
         self.backoff = backoff
 
-    def write(self, updates: Sequence[Update]) -> WriteOutcome:
-        """Apply the meaning of ``updates`` on the branch head and push; retry on conflict."""
+    def write(
+        self,
+        updates: Sequence[Update],
+        *,
+        message: Callable[[Sequence[Update]], str] | None = None,
+        author: Author | None = None,
+        record: bool = False,
+    ) -> WriteOutcome:
+        """Apply the meaning of ``updates`` on the branch head and push; retry on conflict.
+
+        The watcher's own batches take the defaults. A person's command passes its
+        ``message`` (made from the updates that apply), its ``author``, and ``record``:
+        commit even when no byte changes (the commit is the record, its trailers what
+        holds are read from), provided every update still means what it meant (applies,
+        or is in place already); a block changed meanwhile drops it, and then nothing is
+        committed.
+        """
         todo = [u for u in updates if u.block.branch == self.branch]
         dropped = [
             Dropped(u, f"belongs to branch {u.block.branch}, not {self.branch}")
@@ -87,15 +103,16 @@ class BranchWriter:
                     "error", todo, dropped, attempt, f"branch {self.branch} is not on the remote"
                 )
             try:
-                changes, todo, newly_dropped = self._apply(head, todo)
+                changes, todo, newly_dropped = self._apply(head, todo, record)
             except GitError as exc:
                 return self._outcome("error", todo, dropped, attempt, str(exc))
             dropped.extend(newly_dropped)
-            if not changes:
+            if not changes and not (record and todo and not newly_dropped):
                 return WriteOutcome(
                     "unchanged", dropped=tuple(dropped), attempts=attempt, parent=head
                 )
-            pushed = self.mirror.commit_and_push(self.branch, head, changes, self._message(todo))
+            text = (message or self._message)(todo)
+            pushed = self.mirror.commit_and_push(self.branch, head, changes, text, author=author)
             if pushed.result == "ok":
                 return WriteOutcome(
                     "committed",
@@ -126,9 +143,10 @@ class BranchWriter:
         )
 
     def _apply(
-        self, head: str, updates: list[Update]
+        self, head: str, updates: list[Update], keep_already: bool = False
     ) -> tuple[dict[str, bytes], list[Update], list[Dropped]]:
-        """The new file contents at ``head``, the updates they carry, and those dropped."""
+        """The new file contents at ``head``, the updates they carry, and those dropped
+        (``keep_already``: an update already in place counts as carried)."""
         by_file: dict[str, list[Update]] = {}
         for update in updates:
             by_file.setdefault(update.block.file, []).append(update)
@@ -148,7 +166,7 @@ class BranchWriter:
                 continue
             new_text, results = values.apply_edits(text, [u.edit for u in group])
             for update, result in zip(group, results, strict=True):
-                if result.applied:
+                if result.applied or (keep_already and result.status == "already"):
                     applied.append(update)
                 elif result.status == "already":
                     dropped.append(Dropped(update, f"already {update.edit.new}"))
