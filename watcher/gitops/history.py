@@ -172,6 +172,21 @@ def block_history(mirror: GitMirror, head: str, file: str, path: KeyPath) -> lis
     commit that changed its ``shasum``, ``overrideTag`` or ``tag``, or marked it."""
     ref = block_ref(file, path)
     records = _file_log(mirror, head, file, since=None, limit=None)
+    # Commits that mark the block without changing its file (a release of a hold) are
+    # not in the file's log: read them too, and put both in the branch's order.
+    changed = {record.logged.stamp.commit for record in records}
+    marked = [
+        record
+        for record in parse_log(mirror.log("--first-parent", "-F", f"--grep={ref}", _FORMAT, head))
+        if record.logged.stamp.commit not in changed
+        and any(mark.ref == ref for mark in record.logged.marks)
+    ]
+    if marked:
+        order = {
+            sha: i
+            for i, sha in enumerate(mirror.log("--first-parent", "--format=%H", head).split())
+        }
+        records = sorted([*records, *marked], key=lambda r: order.get(r.logged.stamp.commit, -1))
     cache: dict[str, RawBlock | None] = {}
     out: list[Version] = []
     previous: RawBlock | None = None
