@@ -91,7 +91,7 @@ class Status:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "generated": round(self.generated, 3),
+            "generated": self.generated,
             "source": self.source,
             "notes": list(self.notes),
             "counts": self.counts(),
