@@ -33,7 +33,7 @@ from watcher.gitops.steering import Steering
 from watcher.gitops.writer import BranchWriter, WriteOutcome
 from watcher.steer import actions, selectors
 from watcher.steer.actions import Plan
-from watcher.steer.status import Row, Status, build, from_json, when
+from watcher.steer.status import Row, Status, build, from_json, short, when
 
 COMMANDS = ("pin", "release", "rollback", "history", "status")
 # A daemon's /status.json that does not answer within this is reported and left out.
@@ -291,7 +291,7 @@ def _status_text(status: Status) -> str:
 
 
 def _cells(row: Row) -> tuple[str, ...]:
-    value = f"{row.field} {row.value}" if row.field and row.value else row.value or "-"
+    value = f"{row.field} {short(row.value)}" if row.field and row.value else row.value or "-"
     changed = "-"
     if row.changed is not None:
         changed = f"{when(row.changed.time)} by {row.changed.author}"

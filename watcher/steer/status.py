@@ -197,20 +197,21 @@ def row(block: FoundBlock, failure: str | None = None) -> Row:
 
 
 def explain(block: FoundBlock, steer: Steer) -> str:
-    """Why a block is not following, in a sentence (empty when it follows)."""
+    """Why a block is not following, in a sentence (empty when it follows). Digests are
+    shortened as people quote them; the values themselves are whole in the row."""
     who = _who(steer.changed)
     if steer.state == "off":
         return "watch.strategy: off: the watcher never touches this block"
     if steer.state == "pinned":
         return (
-            f"pinned to {steer.field} {steer.value}{who}; "
+            f"pinned to {steer.field} {short(steer.value)}{who}; "
             "`watcher release` lets the watcher follow again"
         )
     if steer.state != "held":
         return ""
-    what = f"held at {steer.field} {steer.value or '(empty)'}{who}"
+    what = f"held at {steer.field} {short(steer.value)}{who}"
     if steer.replaced:
-        what += f", replacing the watcher's {steer.replaced}"
+        what += f", replacing the watcher's {short(steer.replaced)}"
     if steer.holds == "until-released":
         return f"{what}; until `watcher release`"
     if block.policy.strategy == "digest":
@@ -218,6 +219,13 @@ def explain(block: FoundBlock, steer: Steer) -> str:
     return (
         f"{what}; until the {block.policy.strategy} policy picks a new tag (or `watcher release`)"
     )
+
+
+def short(value: str | None) -> str:
+    """A value as a sentence quotes it: ``sha256:`` and 12 hex digits for a digest."""
+    if not value:
+        return "(empty)"
+    return value[:19] if value.startswith("sha256:") and len(value) > 19 else value
 
 
 def _who(stamp: Stamp | None) -> str:

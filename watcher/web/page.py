@@ -13,7 +13,7 @@ from __future__ import annotations
 import fnmatch
 from html import escape
 
-from watcher.steer.status import STATUS_STATES, Environment, Row, Status, when
+from watcher.steer.status import STATUS_STATES, Environment, Row, Status, short, when
 
 _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1em 2em;color:#222}
@@ -139,7 +139,7 @@ def _row(row: Row, now: float) -> str:
 def _value(row: Row) -> str:
     if not row.value:
         return "<span class=muted>(none)</span>"
-    shown = row.value if len(row.value) <= 24 else row.value[:19] + "…"
+    shown = short(row.value) + ("…" if short(row.value) != row.value else "")
     field = f"{escape(row.field)} " if row.field else ""
     code = f"<code title='{escape(row.value)}'>{escape(shown)}</code>"
     return f"<span class=muted>{field}</span>{code}"
