@@ -28,6 +28,7 @@ from watcher.errors import UsageError
 from watcher.gitops.discovery import FoundBlock
 from watcher.references import is_digest, is_tag
 from watcher.steer import trailers
+from watcher.steer.status import short
 from watcher.steer.trailers import Action, Mark
 
 
@@ -90,7 +91,7 @@ def release(block: FoundBlock) -> Plan:
         "release",
         (_update(block, managed, value),),
         (Mark("release", ref, managed, value),),
-        f"release {ref} ({steer.state} at {managed} {value or '(none)'})",
+        f"release {ref} ({steer.state} at {managed} {short(value)})",
     )
 
 
@@ -129,5 +130,5 @@ def rollback(block: FoundBlock, to: str | None, earlier: Sequence[str | None]) -
         "rollback",
         (_update(block, managed, target),),
         (Mark("rollback", ref, managed, target),),
-        f"rollback {ref} to {target} (from {current or '(none)'}), held",
+        f"rollback {ref} to {short(target)} (from {short(current)}), held",
     )
