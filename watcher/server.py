@@ -4,6 +4,7 @@ people ``/`` (the status page, :mod:`watcher.web.page`) and ``/status.json``."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -56,8 +57,8 @@ def _status_routes(app: web.Application, status: StatusSource) -> None:
                 status=400, text=f"state must be one of {', '.join(STATUS_STATES)}\n"
             )
         branch = request.query.get("branch") or None
-        # Thousands of rows take a few milliseconds: off the loop all the same, so
-        # that a page view never delays a lease renewal.
+        # Thousands of rows take tens of milliseconds (benchmarks/steering.py): off
+        # the loop, so that a page view never delays a lease renewal.
         text = await asyncio.to_thread(page.render, status(), branch=branch, state=state)
         return web.Response(
             text=text,
@@ -66,10 +67,19 @@ def _status_routes(app: web.Application, status: StatusSource) -> None:
         )
 
     async def status_json(_: web.Request) -> web.Response:
-        return web.json_response(status().to_json(), headers={"Cache-Control": "no-store"})
+        # The status is immutable once built; serialising thousands of rows takes a
+        # few hundred milliseconds (benchmarks/steering.py), off the loop.
+        text = await asyncio.to_thread(_dumps, status())
+        return web.Response(
+            text=text, content_type="application/json", headers={"Cache-Control": "no-store"}
+        )
 
     app.router.add_get("/", index)
     app.router.add_get("/status.json", status_json)
+
+
+def _dumps(status: Status) -> str:
+    return json.dumps(status.to_json())
 
 
 # Nothing but the inline style sheet: no script, no frame, no outside request.
