@@ -106,7 +106,7 @@ async def _once(cfg: config.Config, dry_run: bool) -> int:
 
 async def _check(cfg: config.Config) -> int:
     async with Engine(cfg) as watcher:
-        watch = await watcher.discover(log_problems=False)
+        watch = await watcher.discover(log_problems=False, holds=False)
     for problem in watch.problems:
         print(f"{problem}", file=sys.stderr)
     print(
@@ -118,7 +118,7 @@ async def _check(cfg: config.Config) -> int:
 
 async def _report(cfg: config.Config, command: str, count: int | None) -> int:
     async with Engine(cfg) as watcher:
-        watch = await watcher.discover(log_problems=False)
+        watch = await watcher.discover(log_problems=False, holds=False)
     if command == "shards":
         print(reports.shards_report(cfg, watch, count))
     else:

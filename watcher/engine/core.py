@@ -179,9 +179,13 @@ class Engine:
 
     # --- discovery and checks: both paths --------------------------------------------
 
-    async def discover(self, *, log_problems: bool = True, fetch: bool = True) -> WatchSet:
+    async def discover(
+        self, *, log_problems: bool = True, fetch: bool = True, holds: bool = True
+    ) -> WatchSet:
+        """Every block of every branch; with ``holds``, each block's state read from its
+        branch's history too (the reports that only count blocks skip that)."""
         try:
-            watch = await asyncio.to_thread(self._discover, fetch)
+            watch = await asyncio.to_thread(self._discover, fetch, holds)
         except GitError as exc:
             self._git_problem = f"git remote unreachable: {exc}"
             raise
@@ -199,9 +203,10 @@ class Engine:
         self.board.discovered(watch)
         return watch
 
-    def _discover(self, fetch: bool) -> WatchSet:
+    def _discover(self, fetch: bool, holds: bool) -> WatchSet:
         """Discovery with holds applied: every block's state from its branch's history."""
-        return self.steering.apply(self.discovery.run(fetch=fetch))
+        watch = self.discovery.run(fetch=fetch)
+        return self.steering.apply(watch) if holds else watch
 
     def _budget_used(self, budget: str) -> int:
         # The gauge every grant sets: the page shows what the dashboard shows.

@@ -96,6 +96,8 @@ class StatusBoard:
         blocks = [block for blocks in watch.images.values() for block in blocks]
         owned = self._owned()
         notes = []
+        if not watch.branches:
+            notes.append("No environment branch read yet: the first discovery is under way.")
         if len(owned) < self._config.shards:
             notes.append(
                 f"Failures are those of the {len(owned)} of {self._config.shards} shards "
