@@ -57,7 +57,10 @@ async def steered(tmp_path: Path, holds: str) -> AsyncIterator[Steered]:
         emu.push("team/web", "master")
         api = f"image:\n  repository: {emu.host}/team/api\n  tag: master\n"
         web = f"image:\n  repository: {emu.host}/team/web\n  tag: master\n  overrideTag: fix-7\n"
-        remote = make_remote(tmp_path, {BRANCH: {API: api, "apps/web/values.yaml": web}})
+        # An image the registry does not have: the daemon shows it failing, with the reason.
+        gone = f"image:\n  repository: {emu.host}/team/gone\n  tag: master\n"
+        files = {API: api, "apps/web/values.yaml": web, "apps/gone/values.yaml": gone}
+        remote = make_remote(tmp_path, {BRANCH: files})
         port = free_port()
         config = tmp_path / "shards.yaml"
         config.write_text(
@@ -132,6 +135,21 @@ async def status(world: Steered) -> dict[str, dict[str, object]]:
     return {row["block"]: row for row in env["blocks"]}
 
 
+async def cli_status(world: Steered, *args: str) -> dict[str, dict[str, object]]:
+    """``watcher status --json``, run as people run it: block ref -> row, for BRANCH."""
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "watcher", "status", "--config", str(world.config), "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)
+    (env,) = [e for e in document["environments"] if e["branch"] == BRANCH]
+    return {row["block"]: row for row in env["blocks"]}
+
+
 def revert_head(remote: GitRemote) -> str:
     """A person reverts the newest commit of BRANCH, as `git revert` does it."""
     work = remote.scratch / f"revert-{time.monotonic_ns()}"
@@ -162,6 +180,19 @@ async def test_a_revert_holds_for_several_intervals_then_a_new_build_is_followed
         assert held["changed"]["commit"] == revert  # type: ignore[index]
         assert held["changed"]["author"] == "Dev Person <dev@example.com>"  # type: ignore[index]
         assert rows["apps/web/values.yaml#image"]["state"] == "pinned"
+        assert rows["apps/gone/values.yaml#image"]["state"] == "failing"
+        assert "look-up failed" in str(rows["apps/gone/values.yaml#image"]["reason"])
+        # `watcher status` asks no registry: from git alone the image it cannot know
+        # of is following; with --daemon, the daemon's failures are read.
+        alone = await cli_status(world)
+        assert alone["apps/gone/values.yaml#image"]["state"] == "following"
+        assert alone[f"{API}#image"]["state"] == "held"
+        merged = await cli_status(world, "--daemon", f"http://127.0.0.1:{world.port}")
+        assert merged["apps/gone/values.yaml#image"]["state"] == "failing"
+        assert (
+            merged["apps/gone/values.yaml#image"]["reason"]
+            == (rows["apps/gone/values.yaml#image"]["reason"])
+        )
         # Reported once in the log, not every cycle.
         assert len(events(log, "block held")) == 1, events(log, "block held")
         # A new build: the block follows again.

@@ -255,6 +255,8 @@ def _status(cfg: Config, glob: str | None, *, as_json: bool, daemon: str | None)
 def _daemon_failures(
     url: str, blocks: Sequence[FoundBlock]
 ) -> tuple[list[str], dict[BlockId, str]]:
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"--daemon {url!r}: give the daemon's http:// or https:// address")
     address = url.rstrip("/") + "/status.json"
     try:
         with urllib.request.urlopen(address, timeout=_DAEMON_TIMEOUT) as answer:

@@ -5,7 +5,8 @@ reads the same in any browser, a text browser included, and from a cluster with
 no way out. One table per environment, blocks as rows (state, value, age, and why
 a block is not following), the budgets' use against their caps above them.
 ``?branch=GLOB`` and ``?state=STATE`` narrow it down; thousands of blocks render in
-milliseconds (one pass, one join).
+milliseconds (one pass, one join). Links are relative, so the page also works
+behind a proxy that serves it under a path prefix.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def render(status: Status, *, branch: str | None = None, state: str | None = Non
             )
             if text
         )
-        parts.append(f"<p>Showing {escape(shown)}. <a href='/'>Show everything</a></p>")
+        parts.append(f"<p>Showing {escape(shown)}. <a href='?'>Show everything</a></p>")
     if len(envs) > 1:
         links = "".join(
             f"<a href='#{_anchor(env.branch)}'>{escape(env.branch)}</a>" for env in envs
@@ -73,7 +74,7 @@ def render(status: Status, *, branch: str | None = None, state: str | None = Non
 def _counts(status: Status) -> str:
     counts = status.counts()
     items = "".join(
-        f"<span class={name}><a href='/?state={name}'>{name}</a>: {counts[name]}</span>"
+        f"<span class={name}><a href='?state={name}'>{name}</a>: {counts[name]}</span>"
         for name in STATUS_STATES
     )
     return f"<p class=counts>{items}</p>"
