@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -18,20 +19,32 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import git
+import structlog
 from git.exc import GitCommandError
 
 from watcher.config import Author
 from watcher.errors import GitError
+from watcher.gitops import clone
+from watcher.gitops.clone import CloneLock
 from watcher.gitops.paths import matches_any
 from watcher.logs import redact
 from watcher.tuning import GIT_TIMEOUT
 
-_REMOTE = "origin"
-_REFSPEC = f"+refs/heads/*:refs/remotes/{_REMOTE}/*"
+log = structlog.get_logger()
+
+_REMOTE = clone.REMOTE
+_REFSPEC = clone.REFSPEC
 _TRACKING = f"refs/remotes/{_REMOTE}/"
+# What git says when it meets a lock file that a killed process left behind.
+_STALE_MARKERS = ("cannot lock ref", ".lock': File exists", "Unable to create")
+# ``timeout`` ends an orphaned network command this long after our own deadline.
+_ORPHAN_SLACK = 5.0
+_TIMEOUT = shutil.which("timeout")
+# ``timeout --signal=KILL`` exits 137 when it had to kill the command.
+_KILLED_BY_TIMEOUT = 137
 # A push that lost the race: the branch moved since our parent was read.
 _CONFLICT_MARKERS = ("non-fast-forward", "fetch first", "stale info", "[rejected]")
 
@@ -50,11 +63,9 @@ class PushResult:
 
 
 class GitMirror:
-    """One bare clone in ``workdir``, fetched (never re-cloned) and shared by every writer.
-
-    A workdir that holds a clone of another URL is an error rather than wiped: it may be
-    a path someone mistyped, and deleting it is not ours to decide.
-    """
+    """One bare clone in ``workdir``, fetched (never re-cloned) and shared by every writer,
+    and by every process on this host that points at the same directory
+    (:mod:`watcher.gitops.clone` says how they share it)."""
 
     def __init__(
         self, url: str, workdir: Path, author: Author, *, timeout: float = GIT_TIMEOUT
@@ -67,8 +78,12 @@ class GitMirror:
         self._network_procs: set[subprocess.Popen[bytes]] = set()
         self._procs_lock = threading.Lock()
         self._aborted = False
-        # Concurrent git processes on one repository fight over ref and index locks.
-        self._lock = threading.RLock()
+        # Writes to the clone, across threads and processes. Another process's fetch
+        # may hold it for up to its git.timeout; waiting twice that is generous.
+        self._lock = CloneLock(self.workdir, timeout=2 * timeout)
+        # GitPython's persistent cat-file process serves one request at a time.
+        self._reading = threading.Lock()
+        self._opening = threading.Lock()
         self._repo: git.Repo | None = None
 
     # --- the clone ---------------------------------------------------------------------
@@ -76,47 +91,26 @@ class GitMirror:
     def _open(self) -> git.Repo:
         if self._repo is not None:
             return self._repo
-        workdir = self.workdir
-        try:
-            if (workdir / "HEAD").is_file() and (workdir / "objects").is_dir():
-                repo = git.Repo(workdir)
-                urls = list(repo.remote(_REMOTE).urls) if _REMOTE in repo.remotes else []
-                if len(urls) == 1 and urls[0] != self.url and redact(urls[0]) == redact(self.url):
-                    # Same remote, rotated credentials: keep the clone, use the new ones.
-                    repo.remote(_REMOTE).set_url(self.url)
-                    urls = [self.url]
-                if urls != [self.url]:
-                    shown = ", ".join(redact(u) for u in urls) or "no origin"
-                    raise GitError(
-                        f"{workdir} holds a clone of {shown}, not {redact(self.url)}; "
-                        "point git.workdir elsewhere or remove it"
-                    )
-            else:
-                if workdir.exists() and any(workdir.iterdir()):
-                    raise GitError(
-                        f"{workdir} is not empty and not a git clone; refusing to use it"
-                    )
-                workdir.mkdir(parents=True, exist_ok=True)
-                repo = git.Repo.init(workdir, bare=True)
-                repo.create_remote(_REMOTE, self.url)
-                repo.git.config(f"remote.{_REMOTE}.fetch", _REFSPEC)
-        except GitCommandError as exc:
-            raise GitError(redact(f"cannot open {workdir}: {_describe(exc)}")) from None
-        except (git.exc.InvalidGitRepositoryError, git.exc.NoSuchPathError, OSError) as exc:
-            raise GitError(redact(f"cannot open {workdir}: {exc}")) from None
-        # A daemon has no terminal: a credential prompt would hang the writer forever.
-        repo.git.update_environment(GIT_TERMINAL_PROMPT="0")
-        self._repo = repo
-        return repo
+        with self._opening:
+            if self._repo is not None:
+                return self._repo
+            removed = clone.prepare(self.url, self.workdir, self._lock)
+            if removed:
+                log.warning("clone recovered", workdir=str(self.workdir), removed=removed)
+            try:
+                repo = git.Repo(self.workdir)
+            except (git.exc.InvalidGitRepositoryError, git.exc.NoSuchPathError, OSError) as exc:
+                raise GitError(redact(f"cannot open {self.workdir}: {exc}")) from None
+            # A daemon has no terminal: a credential prompt would hang the writer forever.
+            repo.git.update_environment(**clone.GIT_ENV)
+            self._repo = repo
+            return repo
 
-    def _run(self, *args: Any, **kwargs: Any) -> str:
-        repo = self._open()
-        try:
-            return str(repo.git.execute(["git", *args], **kwargs))
-        except GitCommandError as exc:
-            raise GitError(redact(f"git {args[0]}: {_describe(exc)}")) from None
+    def _run(self, *args: str, input: bytes | None = None, fds: tuple[int, ...] = ()) -> str:
+        self._open()
+        return clone.run(self.workdir, *args, input=input, fds=fds).decode("utf-8", "replace")
 
-    def _network(self, *args: str) -> tuple[int, str]:
+    def _network(self, *args: str, fds: tuple[int, ...] = ()) -> tuple[int, str]:
         """Run a git command that talks to the remote: (exit status, redacted output).
 
         Unlike ``_run`` it has a deadline. A remote that accepts the connection and then
@@ -124,7 +118,9 @@ class GitMirror:
         otherwise hold the branch writer, and SIGTERM, forever: the thread blocked in it
         cannot be cancelled. Each command runs in its own process group so that the
         timeout, or ``abort()``, also ends the helpers git starts (ssh, remote-https,
-        receive-pack and its hooks for a local remote).
+        receive-pack and its hooks for a local remote). ``timeout`` bounds it too, so
+        that a command orphaned by a SIGKILL of this process (and the clone lock it
+        inherited in ``fds``) does not live on forever.
         """
         self._open()
         with self._procs_lock:
@@ -132,21 +128,16 @@ class GitMirror:
                 # Stopping: a writer that was waiting for the lock must not start a
                 # push that would keep the process alive after the one just killed.
                 return -1, f"git {args[0]}: not started, the process is stopping"
-        env = {
-            **os.environ,
-            "GIT_DIR": str(self.workdir),
-            "GIT_TERMINAL_PROMPT": "0",
-            "LANGUAGE": "C",
-            "LC_ALL": "C",
-        }
+        env = {**os.environ, **clone.GIT_ENV, "GIT_DIR": str(self.workdir)}
         proc = subprocess.Popen(
-            ["git", *args],
+            [*_deadline(self.timeout + _ORPHAN_SLACK), "git", *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
             cwd=self.workdir,
             start_new_session=True,
+            pass_fds=fds,
         )
         with self._procs_lock:
             self._network_procs.add(proc)
@@ -164,7 +155,7 @@ class GitMirror:
             with self._procs_lock:
                 self._network_procs.discard(proc)
         text = f"{out.decode('utf-8', 'replace')}\n{err.decode('utf-8', 'replace')}".strip()
-        if proc.returncode < 0:
+        if proc.returncode < 0 or proc.returncode == _KILLED_BY_TIMEOUT:
             text = f"git {args[0]}: killed ({text})" if text else f"git {args[0]}: killed"
         return proc.returncode, redact(text)
 
@@ -178,17 +169,23 @@ class GitMirror:
 
     def fetch(self) -> None:
         """Bring every remote branch into ``refs/remotes/origin/*``, pruning deleted ones."""
-        with self._lock:
-            status, output = self._network(
-                "fetch", "--prune", "--quiet", "--no-tags", _REMOTE, _REFSPEC
-            )
+        self._open()
+        with self._lock.held() as fd:
+            args = ("fetch", "--prune", "--quiet", "--no-tags", _REMOTE, _REFSPEC)
+            status, output = self._network(*args, fds=(fd,))
+            if status != 0 and any(m in output for m in _STALE_MARKERS):
+                # A process killed mid-fetch on this clone left its locks behind; we
+                # hold the clone lock, so nothing live is writing: clear them, retry.
+                removed = clone.recover(self.workdir)
+                if removed:
+                    log.warning("clone recovered", workdir=str(self.workdir), removed=removed)
+                    status, output = self._network(*args, fds=(fd,))
         if status != 0:
             raise GitError(f"git fetch: {' '.join(output.split()) or f'exit status {status}'}")
 
     def branches(self, globs: Sequence[str]) -> dict[str, str]:
         """Remote branch name -> commit sha, for branches matching any glob."""
-        with self._lock:
-            out = self._run("for-each-ref", "--format=%(objectname) %(refname)", _TRACKING)
+        out = self._run("for-each-ref", "--format=%(objectname) %(refname)", _TRACKING)
         result: dict[str, str] = {}
         for line in out.splitlines():
             sha, _, ref = line.partition(" ")
@@ -207,10 +204,7 @@ class GitMirror:
         Blob ids name content: a file unchanged between two commits has the
         same id, so callers can cache what they parsed by it.
         """
-        with self._lock:
-            out = self._run(
-                "ls-tree", "-r", "-z", "--full-tree", commit, strip_newline_in_stdout=False
-            )
+        out = self._run("ls-tree", "-r", "-z", "--full-tree", commit)
         found: dict[str, str] = {}
         for record in out.split("\0"):
             meta, _, path = record.partition("\t")
@@ -221,8 +215,8 @@ class GitMirror:
 
     def read_blob(self, blob: str) -> bytes:
         """A blob's bytes by its id."""
-        with self._lock:
-            repo = self._open()
+        repo = self._open()
+        with self._reading:
             try:
                 data: bytes = repo.odb.stream(bytes.fromhex(blob)).read()
             except (ValueError, GitCommandError) as exc:
@@ -231,8 +225,8 @@ class GitMirror:
 
     def read(self, commit: str, path: str) -> bytes:
         """A file's bytes at ``commit``; KeyError if the commit has no such file."""
-        with self._lock:
-            repo = self._open()
+        repo = self._open()
+        with self._reading:
             try:
                 blob = repo.commit(commit).tree / path
             except KeyError:
@@ -246,14 +240,12 @@ class GitMirror:
 
     def head(self, branch: str) -> str | None:
         """The last fetched commit of ``branch``, or None if the remote has no such branch."""
-        with self._lock:
-            repo = self._open()
-            status, out, _ = repo.git.execute(
-                ["git", "rev-parse", "--verify", "--quiet", f"{_TRACKING}{branch}^{{commit}}"],
-                with_extended_output=True,
-                with_exceptions=False,
-            )
-        return str(out).strip() if status == 0 and out else None
+        ref = f"{_TRACKING}{branch}^{{commit}}"
+        try:
+            out = self._run("rev-parse", "--verify", "--quiet", ref).strip()
+        except GitError:
+            return None
+        return out or None
 
     # --- writing -----------------------------------------------------------------------
 
@@ -261,14 +253,13 @@ class GitMirror:
         self, branch: str, parent: str, changes: Mapping[str, bytes], message: str
     ) -> PushResult:
         """Commit ``changes`` on top of ``parent`` (no checkout) and push it to ``branch``."""
-        with self._lock:
-            try:
-                sha = self._commit(parent, changes, message)
-            except GitError as exc:
-                return PushResult("error", str(exc))
+        try:
+            sha = self._commit(parent, changes, message)
+        except GitError as exc:
+            return PushResult("error", str(exc))
         # The push is network time, outside the lock: writers of different
         # branches push in parallel instead of queueing behind each other.
-        return self._push(branch, sha)
+        return self._push(branch, sha, parent)
 
     def _commit(self, parent: str, changes: Mapping[str, bytes], message: str) -> str:
         author = {
@@ -277,27 +268,31 @@ class GitMirror:
             "GIT_COMMITTER_NAME": self.author.name,
             "GIT_COMMITTER_EMAIL": self.author.email,
         }
-        with tempfile.TemporaryDirectory(prefix="watcher-index-") as tmp:
+        self._open()
+        with self._lock.held() as fd, tempfile.TemporaryDirectory(prefix="watcher-index-") as tmp:
             # A private index: the commit is built beside, never through, a checkout.
             env = {"GIT_INDEX_FILE": os.path.join(tmp, "index")}
-            self._run("read-tree", parent, env=env)
+
+            def run(*args: str, extra: Mapping[str, str] | None = None) -> str:
+                out = clone.run(self.workdir, *args, env={**env, **(extra or {})}, fds=(fd,))
+                return out.decode().strip()
+
+            run("read-tree", parent)
             modes = self._modes(parent, list(changes))
             content = os.path.join(tmp, "blob")
             for path, data in changes.items():
                 Path(content).write_bytes(data)
                 # --no-filters: the bytes are the file as committed, no attributes apply.
-                blob = self._run("hash-object", "-w", "--no-filters", "--", content)
+                blob = run("hash-object", "-w", "--no-filters", "--", content)
                 mode = modes.get(path, "100644")
-                self._run("update-index", "--add", "--cacheinfo", f"{mode},{blob},{path}", env=env)
-            tree = self._run("write-tree", env=env)
-        return self._run("commit-tree", tree, "-p", parent, "-m", message, env=author)
+                run("update-index", "--add", "--cacheinfo", f"{mode},{blob},{path}")
+            tree = run("write-tree")
+            return run("commit-tree", tree, "-p", parent, "-m", message, extra=author)
 
     def _modes(self, commit: str, paths: Sequence[str]) -> dict[str, str]:
         if not paths:
             return {}
-        out = self._run(
-            "ls-tree", "-z", "--full-tree", commit, "--", *paths, strip_newline_in_stdout=False
-        )
+        out = self._run("ls-tree", "-z", "--full-tree", commit, "--", *paths)
         modes: dict[str, str] = {}
         for record in out.split("\0"):
             meta, _, path = record.partition("\t")
@@ -305,7 +300,7 @@ class GitMirror:
                 modes[path] = meta.split(" ")[0]
         return modes
 
-    def _push(self, branch: str, sha: str) -> PushResult:
+    def _push(self, branch: str, sha: str, parent: str) -> PushResult:
         # To the URL, not the remote's name: git then leaves refs/remotes/ alone
         # (its own update there could race a fetch now that pushes run unlocked);
         # ours is below, under the lock.
@@ -313,9 +308,11 @@ class GitMirror:
             "push", "--porcelain", self.url, f"{sha}:refs/heads/{branch}"
         )
         if status == 0:
-            # Our own commit is the new head: no need to wait for the next fetch to see it.
-            with self._lock:
-                self._run("update-ref", f"{_TRACKING}{branch}", sha)
+            # Our own commit is the new head: no need to wait for the next fetch to see
+            # it. Only over the parent: a fetch (here or in another process) that
+            # already brought a newer head must not be undone.
+            with contextlib.suppress(GitError), self._lock.held() as fd:
+                self._run("update-ref", f"{_TRACKING}{branch}", sha, parent, fds=(fd,))
             return PushResult("ok", "", sha)
         summary = _summary(output)
         if "remote rejected" not in output and any(m in output for m in _CONFLICT_MARKERS):
@@ -326,6 +323,13 @@ class GitMirror:
             # a conflict to fetch and re-apply, not a refusal to wait out.
             return PushResult("conflict", summary, sha)
         return PushResult("error", summary, sha)
+
+
+def _deadline(seconds: float) -> list[str]:
+    """``timeout`` before a network command, when coreutils has it."""
+    if _TIMEOUT is None:
+        return []
+    return [_TIMEOUT, "--signal=KILL", f"{seconds:.0f}s"]
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -349,5 +353,3 @@ def _summary(output: str) -> str:
         if line.startswith(("!", "error:", "fatal:", "remote:", "hint: Updates were rejected"))
     ]
     return " | ".join(keep or lines)[:1000]
-
-
