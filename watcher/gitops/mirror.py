@@ -14,12 +14,9 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import git
 import structlog
@@ -27,9 +24,11 @@ from git.exc import GitCommandError
 
 from watcher.config import Author
 from watcher.errors import GitError
-from watcher.gitops import clone
+from watcher.gitops import clone, commits, push
 from watcher.gitops.clone import CloneLock
 from watcher.gitops.paths import matches_any
+from watcher.gitops.profile import STAGES
+from watcher.gitops.push import PushResult
 from watcher.logs import redact
 from watcher.tuning import GIT_TIMEOUT
 
@@ -45,21 +44,6 @@ _ORPHAN_SLACK = 5.0
 _TIMEOUT = shutil.which("timeout")
 # ``timeout --signal=KILL`` exits 137 when it had to kill the command.
 _KILLED_BY_TIMEOUT = 137
-# A push that lost the race: the branch moved since our parent was read.
-_CONFLICT_MARKERS = ("non-fast-forward", "fetch first", "stale info", "[rejected]")
-
-
-PushStatus = Literal["ok", "conflict", "error"]
-
-
-@dataclass(frozen=True)
-class PushResult:
-    """``ok``: the branch now points at ``commit``; ``conflict``: it moved meanwhile;
-    ``error``: anything else (hook, network, auth), with a redacted message."""
-
-    result: PushStatus
-    message: str = ""
-    commit: str | None = None
 
 
 class GitMirror:
@@ -85,6 +69,7 @@ class GitMirror:
         self._reading = threading.Lock()
         self._opening = threading.Lock()
         self._repo: git.Repo | None = None
+        self._pushes = push.PushQueue(self._push_now)
 
     # --- the clone ---------------------------------------------------------------------
 
@@ -213,30 +198,57 @@ class GitMirror:
                 found[path] = fields[2]
         return found
 
-    def read_blob(self, blob: str) -> bytes:
-        """A blob's bytes by its id."""
+    def read_object(self, sha: str) -> tuple[str, bytes]:
+        """(type, content) of an object, through GitPython's persistent ``cat-file``."""
         repo = self._open()
         with self._reading:
             try:
-                data: bytes = repo.odb.stream(bytes.fromhex(blob)).read()
+                stream = repo.odb.stream(bytes.fromhex(sha))
+                return stream.type.decode(), stream.read()
             except (ValueError, GitCommandError) as exc:
-                raise GitError(f"cannot read blob {blob}: {exc}") from None
-            return data
+                raise GitError(f"cannot read object {sha}: {_describe_any(exc)}") from None
+
+    def read_blob(self, blob: str) -> bytes:
+        """A blob's bytes by its id."""
+        return self.read_object(blob)[1]
 
     def read(self, commit: str, path: str) -> bytes:
         """A file's bytes at ``commit``; KeyError if the commit has no such file."""
-        repo = self._open()
-        with self._reading:
-            try:
-                blob = repo.commit(commit).tree / path
-            except KeyError:
-                raise KeyError(f"{path} not in {commit}") from None
-            except (ValueError, GitCommandError) as exc:
-                raise GitError(redact(f"cannot read {path} at {commit}: {exc}")) from None
-            if blob.type != "blob":
-                raise KeyError(f"{path} is not a file in {commit}")
-            data: bytes = blob.data_stream.read()
-            return data
+        found = self.read_files(commit, [path])
+        if path not in found:
+            raise KeyError(f"{path} not in {commit}")
+        return found[path]
+
+    def read_files(self, commit: str, paths: Sequence[str]) -> dict[str, bytes]:
+        """The files of ``commit`` at ``paths`` that exist there (and are files).
+
+        Trees and blobs come through the persistent ``cat-file``; each directory's tree
+        is read once however many of its files are asked for.
+        """
+        trees: dict[str, commits.Tree | None] = {}
+
+        def tree(where: str, entry: tuple[bytes, bytes] | None) -> commits.Tree | None:
+            if where not in trees:
+                trees[where] = None
+                if entry is not None and entry[0] == commits.TREE_MODE:
+                    kind, data = self.read_object(entry[1].hex())
+                    trees[where] = commits.parse_tree(data) if kind == "tree" else None
+            return trees[where]
+
+        root = bytes.fromhex(commits.TreeBuilder(self.read_object).tree_of(commit))
+        found: dict[str, bytes] = {}
+        for path in paths:
+            parts = [part.encode() for part in path.split("/") if part]
+            node, where = tree("", (commits.TREE_MODE, root)), ""
+            for part in parts[:-1]:
+                where += part.decode() + "/"
+                node = tree(where, node.entries.get(part) if node is not None else None)
+            entry = node.entries.get(parts[-1]) if node is not None and parts else None
+            if entry is not None and entry[0] not in (commits.TREE_MODE, commits.GITLINK_MODE):
+                kind, data = self.read_object(entry[1].hex())
+                if kind == "blob":
+                    found[path] = data
+        return found
 
     def head(self, branch: str) -> str | None:
         """The last fetched commit of ``branch``, or None if the remote has no such branch."""
@@ -250,79 +262,67 @@ class GitMirror:
     # --- writing -----------------------------------------------------------------------
 
     def commit_and_push(
-        self, branch: str, parent: str, changes: Mapping[str, bytes], message: str
+        self,
+        branch: str,
+        parent: str,
+        changes: Mapping[str, bytes],
+        message: str,
+        *,
+        alone: bool = False,
     ) -> PushResult:
-        """Commit ``changes`` on top of ``parent`` (no checkout) and push it to ``branch``."""
+        """Commit ``changes`` on top of ``parent`` (no checkout) and push it to ``branch``.
+
+        The push goes out with other branches' pushes waiting at the same time, unless
+        ``alone`` (a retry after a conflict, which must not wait for anyone).
+        """
         try:
-            sha = self._commit(parent, changes, message)
+            with STAGES.time("commits"):
+                sha = self.commit(parent, changes, message)
         except GitError as exc:
             return PushResult("error", str(exc))
-        # The push is network time, outside the lock: writers of different
-        # branches push in parallel instead of queueing behind each other.
-        return self._push(branch, sha, parent)
+        with STAGES.time("pushes"):
+            if alone:
+                return self._push_now({branch: sha})[branch]
+            return self._pushes.push(branch, sha)
 
-    def _commit(self, parent: str, changes: Mapping[str, bytes], message: str) -> str:
-        author = {
-            "GIT_AUTHOR_NAME": self.author.name,
-            "GIT_AUTHOR_EMAIL": self.author.email,
-            "GIT_COMMITTER_NAME": self.author.name,
-            "GIT_COMMITTER_EMAIL": self.author.email,
-        }
-        self._open()
-        with self._lock.held() as fd, tempfile.TemporaryDirectory(prefix="watcher-index-") as tmp:
-            # A private index: the commit is built beside, never through, a checkout.
-            env = {"GIT_INDEX_FILE": os.path.join(tmp, "index")}
+    def commit(self, parent: str, changes: Mapping[str, bytes], message: str) -> str:
+        """A commit of ``changes`` (path -> content) on top of ``parent``; its id."""
+        builder = commits.TreeBuilder(self.read_object)
+        tree = builder.build(builder.tree_of(parent), changes)
+        with self._lock.held() as fd:
+            builder.write(self.workdir, fd)
+            return commits.commit_tree(self.workdir, tree, parent, message, self.author, fd)
 
-            def run(*args: str, extra: Mapping[str, str] | None = None) -> str:
-                out = clone.run(self.workdir, *args, env={**env, **(extra or {})}, fds=(fd,))
-                return out.decode().strip()
-
-            run("read-tree", parent)
-            modes = self._modes(parent, list(changes))
-            content = os.path.join(tmp, "blob")
-            for path, data in changes.items():
-                Path(content).write_bytes(data)
-                # --no-filters: the bytes are the file as committed, no attributes apply.
-                blob = run("hash-object", "-w", "--no-filters", "--", content)
-                mode = modes.get(path, "100644")
-                run("update-index", "--add", "--cacheinfo", f"{mode},{blob},{path}")
-            tree = run("write-tree")
-            return run("commit-tree", tree, "-p", parent, "-m", message, extra=author)
-
-    def _modes(self, commit: str, paths: Sequence[str]) -> dict[str, str]:
-        if not paths:
-            return {}
-        out = self._run("ls-tree", "-z", "--full-tree", commit, "--", *paths)
-        modes: dict[str, str] = {}
-        for record in out.split("\0"):
-            meta, _, path = record.partition("\t")
-            if path:
-                modes[path] = meta.split(" ")[0]
-        return modes
-
-    def _push(self, branch: str, sha: str, parent: str) -> PushResult:
+    def _push_now(self, shas: Mapping[str, str]) -> dict[str, PushResult]:
+        """One ``git push`` of every branch in ``shas``; each ref's own result."""
         # To the URL, not the remote's name: git then leaves refs/remotes/ alone
         # (its own update there could race a fetch now that pushes run unlocked);
         # ours is below, under the lock.
-        status, output = self._network(
-            "push", "--porcelain", self.url, f"{sha}:refs/heads/{branch}"
-        )
-        if status == 0:
-            # Our own commit is the new head: no need to wait for the next fetch to see
-            # it. Only over the parent: a fetch (here or in another process) that
-            # already brought a newer head must not be undone.
+        refspecs = [f"{sha}:refs/heads/{branch}" for branch, sha in shas.items()]
+        status, output = self._network("push", "--porcelain", self.url, *refspecs)
+        outcome = push.results(status, output, shas)
+        landed = {b: r.commit for b, r in outcome.items() if r.result == "ok" and r.commit}
+        if landed:
+            # Our own commits are the new heads: no need to wait for the next fetch to
+            # see them. Only over what the ref held before: a newer head fetched
+            # meanwhile (here or by another process) must not be undone.
             with contextlib.suppress(GitError), self._lock.held() as fd:
-                self._run("update-ref", f"{_TRACKING}{branch}", sha, parent, fds=(fd,))
-            return PushResult("ok", "", sha)
-        summary = _summary(output)
-        if "remote rejected" not in output and any(m in output for m in _CONFLICT_MARKERS):
-            return PushResult("conflict", summary, sha)
-        if "cannot lock ref" in output and "but expected" in output:
-            # Another pusher updated the branch between the remote's check and
-            # its ref update (two replicas at once): the branch moved, which is
-            # a conflict to fetch and re-apply, not a refusal to wait out.
-            return PushResult("conflict", summary, sha)
-        return PushResult("error", summary, sha)
+                current = self.branches(list(landed))
+                lines = "".join(
+                    f"update {_TRACKING}{b} {sha} {self._parent_of(sha)}\n"
+                    for b, sha in landed.items()
+                    if current.get(b) == self._parent_of(sha)
+                )
+                if lines:
+                    self._run("update-ref", "--stdin", input=lines.encode(), fds=(fd,))
+        return outcome
+
+    def _parent_of(self, sha: str) -> str:
+        _, data = self.read_object(sha)
+        for line in data.split(b"\n"):
+            if line.startswith(b"parent "):
+                return line[7:47].decode()
+        return ""
 
 
 def _deadline(seconds: float) -> list[str]:
@@ -345,11 +345,5 @@ def _describe(exc: GitCommandError) -> str:
     return " ".join(stderr.split()) or f"exit status {exc.status}"
 
 
-def _summary(output: str) -> str:
-    lines = [line.strip() for line in output.splitlines() if line.strip()]
-    keep = [
-        line
-        for line in lines
-        if line.startswith(("!", "error:", "fatal:", "remote:", "hint: Updates were rejected"))
-    ]
-    return " | ".join(keep or lines)[:1000]
+def _describe_any(exc: Exception) -> str:
+    return _describe(exc) if isinstance(exc, GitCommandError) else str(exc)
