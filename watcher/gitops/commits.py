@@ -1,19 +1,19 @@
 """Commits built in the object database: no checkout, no index, one git process per step.
 
-Blocking. For a batch of changed files (on one branch or several), the new
-blobs are written by one ``git hash-object --stdin-paths`` and every new tree
-by one ``git mktree --batch``; only the trees on the changed paths are new,
-the rest are the parent's, read through the persistent ``cat-file``. Object
-ids are computed here too and must equal git's: a tree built wrong is an
-error, never a commit. Each commit is then made by :func:`commit_tree`, the
-one place a commit is created (and where a signature would be added:
-``git commit-tree -S``).
+Blocking. For a batch of changed files, the new blobs and the new trees (only
+those on the changed paths; the rest are the parent's, read through the
+persistent ``cat-file``) are built here and written by one ``git index-pack
+--strict``, which checks every object and link: a tree built wrong is an
+error, never a commit. Each commit is then made by :func:`commit_tree`, the one
+place a commit is created (and where a signature would be added: ``git
+commit-tree -S``; ``fast-import`` cannot sign on git 2.39, so it is not used).
 """
 
 from __future__ import annotations
 
 import hashlib
-import tempfile
+import struct
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,42 +123,41 @@ class TreeBuilder:
         return tree_id
 
     def write(self, workdir: Path, fd: int) -> None:
-        """Write every blob and tree built so far: one git process for each kind."""
-        if self._blobs:
-            with tempfile.TemporaryDirectory(prefix="watcher-blobs-") as tmp:
-                paths = []
-                for n, content in enumerate(self._blobs.values()):
-                    path = Path(tmp) / str(n)
-                    path.write_bytes(content)
-                    paths.append(str(path))
-                out = clone.run(
-                    workdir, "hash-object", "-w", "--no-filters", "--stdin-paths",
-                    input="\n".join(paths).encode() + b"\n", fds=(fd,),
-                )  # fmt: skip
-            _same(list(self._blobs), out, "hash-object")
-        if self._trees:
-            records = [_mktree_input(encoded) for _, encoded in self._trees]
-            out = clone.run(
-                workdir, "mktree", "-z", "--missing", "--batch", input=b"".join(records), fds=(fd,)
-            )
-            _same([tree_id for tree_id, _ in self._trees], out, "mktree")
+        """Write every blob and tree built so far, as one pack, in one git process.
+
+        ``index-pack --strict`` checks every object and every link: a tree naming an
+        object that is not there (an id computed wrong here) is refused, as is a
+        malformed tree. Loose objects cost a file each: 500 changed files took 2 s
+        to write one by one (hash-object, mktree), 0.13 s as a pack.
+        """
+        objects = [(_BLOB, content) for content in self._blobs.values()]
+        objects += [(_TREE, encoded) for _, encoded in self._trees]
+        if objects:
+            clone.run(workdir, "index-pack", "--stdin", "--strict", input=_pack(objects), fds=(fd,))
         self._blobs.clear()
         self._trees.clear()
 
 
-def _mktree_input(encoded: bytes) -> bytes:
-    """A tree as ``git mktree -z --batch`` reads it: ls-tree records, an empty one last."""
-    records = []
-    for name, (mode, sha) in parse_tree(encoded).entries.items():
-        kind = b"tree" if mode == TREE_MODE else b"commit" if mode == GITLINK_MODE else b"blob"
-        records.append(b"%s %s %s\t%s\0" % (mode, kind, sha.hex().encode(), name))
-    return b"".join(records) + b"\0"
+# Pack object types (gitformat-pack(5)).
+_TREE, _BLOB = 2, 3
 
 
-def _same(expected: list[str], output: bytes, command: str) -> None:
-    got = output.decode().split()
-    if got != expected:
-        raise GitError(f"git {command} wrote other objects than built ({len(got)} ids)")
+def _pack(objects: list[tuple[int, bytes]]) -> bytes:
+    """A version 2 pack of whole (undeltified) objects."""
+    parts = [b"PACK", struct.pack(">II", 2, len(objects))]
+    for kind, data in objects:
+        size = len(data)
+        header = bytearray()
+        byte = (kind << 4) | (size & 0x0F)
+        size >>= 4
+        while size:
+            header.append(byte | 0x80)
+            byte = size & 0x7F
+            size >>= 7
+        header.append(byte)
+        parts += [bytes(header), zlib.compress(data, 1)]
+    body = b"".join(parts)
+    return body + hashlib.sha1(body).digest()
 
 
 def commit_tree(

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 
 from watcher.blocks import BlockId, RawBlock
 from watcher.config import Config
-from watcher.errors import InvalidReference, PolicyError
+from watcher.errors import GitError, InvalidReference, PolicyError
 from watcher.gitops import values
 from watcher.gitops.mirror import GitMirror
 from watcher.gitops.profile import STAGES
+from watcher.gitops.values.compose import collector_paused
 from watcher.references import ImageName, canonical_name
 from watcher.strategies import Policy, parse_policy
 
@@ -86,6 +87,7 @@ class Discovery:
         self._cache: dict[str, _Parsed] = {}
         self._branches: dict[str, _Branch] = {}
         self._last: WatchSet | None = None
+        self._images: dict[str, ImageName] = {}
 
     def run(self, *, fetch: bool = True) -> WatchSet:
         if fetch:
@@ -96,12 +98,23 @@ class Discovery:
         if last is not None and last.branches == heads:
             # Nothing moved: the same blocks (the lists are never changed in place).
             return WatchSet(dict(heads), dict(last.images), list(last.problems))
+        changed = {
+            branch: commit
+            for branch, commit in heads.items()
+            if branch not in self._branches or self._branches[branch].commit != commit
+        }
+        with STAGES.time("discovery: list files", len(changed)):
+            listed = {
+                branch: sorted(self._mirror.blobs(commit, self._config.git.files).items())
+                for branch, commit in changed.items()
+            }
+        self._parse_new({blob for files in listed.values() for _, blob in files})
         views = {}
         for branch, commit in sorted(heads.items()):
-            view = self._branches.get(branch)
-            if view is None or view.commit != commit:
-                view = self._read_branch(branch, commit)
-            views[branch] = view
+            if branch in listed:
+                views[branch] = self._view(branch, commit, listed[branch])
+            else:
+                views[branch] = self._branches[branch]
         self._branches = views
         # Forget content no branch holds any more.
         held = frozenset().union(*(view.blobs for view in views.values()))
@@ -117,25 +130,33 @@ class Discovery:
         self._last = watch
         return WatchSet(dict(heads), dict(watch.images), list(watch.problems))
 
-    def _read_branch(self, branch: str, commit: str) -> _Branch:
-        with STAGES.time("discovery: list files"):
-            files = sorted(self._mirror.blobs(commit, self._config.git.files).items())
+    def _parse_new(self, blobs: set[str]) -> None:
+        """Read and parse the blobs not parsed yet: one round trip for all of them."""
+        new = sorted(blobs - self._cache.keys())
+        if not new:
+            return
+        with STAGES.time("discovery: read", len(new)):
+            contents = self._mirror.read_objects(new)
+        with STAGES.time("discovery: parse", len(new)), collector_paused():
+            for blob in new:
+                kind, data = contents.get(blob, ("missing", b""))
+                if kind != "blob":
+                    raise GitError(f"cannot read blob {blob}: {kind}")
+                self._cache[blob] = self._parse(data)
+
+    def _view(self, branch: str, commit: str, files: list[tuple[str, str]]) -> _Branch:
         blocks: list[FoundBlock] = []
         problems: list[Problem] = []
-        with STAGES.time("discovery: read and parse"):
-            for path, blob in files:
-                parsed = self._cache.get(blob)
-                if parsed is None:
-                    parsed = self._cache[blob] = self._parse(blob)
-                for raw, image, policy in parsed.blocks:
-                    blocks.append(FoundBlock(BlockId(branch, path, raw.path), raw, image, policy))
-                problems.extend(
-                    Problem(branch, path, line, message) for line, message in parsed.problems
-                )
+        for path, blob in files:
+            parsed = self._cache[blob]
+            for raw, image, policy in parsed.blocks:
+                blocks.append(FoundBlock(BlockId(branch, path, raw.path), raw, image, policy))
+            problems.extend(
+                Problem(branch, path, line, message) for line, message in parsed.problems
+            )
         return _Branch(commit, blocks, problems, frozenset(blob for _, blob in files))
 
-    def _parse(self, blob: str) -> _Parsed:
-        data = self._mirror.read_blob(blob)
+    def _parse(self, data: bytes) -> _Parsed:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -146,7 +167,7 @@ class Discovery:
         blocks = []
         for raw in raws:
             try:
-                image = canonical_name(raw.repository)
+                image = self._image(raw.repository)
             except InvalidReference as exc:
                 problems.append((raw.line, f"repository: {exc}"))
                 continue
@@ -157,3 +178,10 @@ class Discovery:
                 continue
             blocks.append((raw, image, policy))
         return _Parsed(blocks, problems)
+
+    def _image(self, repository: str) -> ImageName:
+        # Thousands of files name the same few hundred images.
+        found = self._images.get(repository)
+        if found is None:
+            found = self._images[repository] = canonical_name(repository)
+        return found

@@ -10,13 +10,15 @@ import fnmatch
 import hashlib
 import re
 from collections.abc import Sequence
-from functools import cache
+from functools import cache, lru_cache
 
 
 def _segments(text: str) -> tuple[str, ...]:
     return tuple(part for part in text.split("/") if part)
 
 
+# Every branch lists the same paths: each (glob, path) is matched once.
+@lru_cache(maxsize=1 << 16)
 def match_path(pattern: str, path: str) -> bool:
     """Glob match per ``/`` segment: ``*`` stays within a segment, ``**`` spans any number."""
     pat, parts = _segments(pattern), _segments(path)

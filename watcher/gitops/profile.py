@@ -19,6 +19,7 @@ class _Stage:
     wall_s: float = 0.0
     cpu_s: float = 0.0
     count: int = 0
+    items: int = 0
 
 
 @dataclass
@@ -27,7 +28,8 @@ class Stages:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @contextlib.contextmanager
-    def time(self, name: str) -> Iterator[None]:
+    def time(self, name: str, items: int = 0) -> Iterator[None]:
+        """Time a stage; ``items``: how many things it handled (files, objects)."""
         wall, cpu = time.perf_counter(), time.thread_time()
         try:
             yield
@@ -38,6 +40,7 @@ class Stages:
                 stage.wall_s += wall
                 stage.cpu_s += cpu
                 stage.count += 1
+                stage.items += items
 
     def reset(self) -> None:
         with self._lock:

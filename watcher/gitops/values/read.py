@@ -92,34 +92,46 @@ def lookup(node: MappingNode, key: str, depth: int = 0) -> Entry | None:
     return None
 
 
-def _may_be_block(node: MappingNode) -> bool:
-    # Cheap filter so that huge files cost one pass: only mappings with a local
-    # `repository`/`tag` key or a merge key can be image blocks.
-    for k, _ in node.value:
-        if isinstance(k, ScalarNode) and (k.value in (REPOSITORY, TAG) or k.tag == MERGE):
-            return True
-    return False
-
-
 def block_keys(node: MappingNode) -> dict[str, Entry] | None:
     """Whether ``node`` is an image block, and if so which key holds what, by role.
 
     A block is a mapping whose (possibly merged) ``repository`` is a string and which
     has a ``tag``; ``shasum``, ``overrideTag`` and ``watch`` are read when present.
+    Keys resolve as :func:`lookup` says (local keys win; later duplicates win).
     """
-    if not _may_be_block(node):
+    local: dict[str, tuple[ScalarNode, Node]] = {}
+    merges: list[MappingNode] = []
+    for k, v in node.value:
+        if isinstance(k, ScalarNode):
+            if k.tag == STR:
+                local[k.value] = (k, v)
+            elif k.tag == MERGE:
+                merges.extend(_merge_sources(v))
+    # Cheap filter first, so that huge files cost one pass: only mappings with a local
+    # `repository`/`tag` key or a merge key can be image blocks.
+    if not merges and REPOSITORY not in local and TAG not in local:
         return None
-    repository = lookup(node, REPOSITORY)
+
+    def entry(role: str) -> Entry | None:
+        if role in local:
+            return Entry(*local[role], False)
+        for source in merges:
+            found = lookup(source, role, 1)
+            if found is not None:
+                return Entry(found.key, found.value, True)
+        return None
+
+    repository = entry(REPOSITORY)
     if repository is None or not _is_str(repository.value):
         return None
-    tag = lookup(node, TAG)
+    tag = entry(TAG)
     if tag is None:
         return None
     entries = {REPOSITORY: repository, TAG: tag}
     for role in OPTIONAL:
-        entry = lookup(node, role)
-        if entry is not None:
-            entries[role] = entry
+        found = entry(role)
+        if found is not None:
+            entries[role] = found
     return entries
 
 
