@@ -129,6 +129,9 @@ async def _run(cfg: config.Config) -> int:
     ):
         log.info("serving", port=port, paths=["/metrics", "/healthz", "/readyz"])
         await watcher.run(stop)
+    if watcher.fatal is not None:
+        log.error("stopped: a task the daemon cannot run without failed", task=watcher.fatal)
+        return 1
     log.info("stopped")
     return 0
 

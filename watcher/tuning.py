@@ -16,6 +16,9 @@ CONCURRENCY = 16
 # Then it is killed (up to 1 s to reap it) and the process still has to close
 # Redis, the HTTP server and the interpreter: 8 s left too little of the 10.
 STOP_GRACE = 6.0
+# After the grace, the push is killed; this long is allowed for its thread to
+# see the kill and end.
+ABORT_REAP = 1.0
 # Share of the interval over which a taken-over shard's first sweep runs.
 TAKEOVER_SPAN = 0.25
 # Updates for one branch arriving within this long (at most interval/20) go
