@@ -23,6 +23,8 @@ from watcher.gitops import clone
 from watcher.gitops.mirror import GitMirror
 from watcher.gitops.paths import clone_name, without_credentials
 
+pytestmark = pytest.mark.integration
+
 AUTHOR = Author(name="image-watcher-test", email="watcher@test.invalid")
 BRANCH = "environment/a"
 VALUES = "image:\n  repository: eu.gcr.io/p/app\n  tag: master\n"

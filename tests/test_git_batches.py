@@ -22,6 +22,8 @@ from watcher.gitops.mirror import GitMirror
 from watcher.gitops.profile import STAGES
 from watcher.gitops.writer import BranchWriter
 
+pytestmark = pytest.mark.integration
+
 AUTHOR = Author(name="image-watcher-test", email="watcher@test.invalid")
 BRANCHES = [f"environment/e{n}" for n in range(6)]
 D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64

@@ -24,6 +24,8 @@ from tests.soak import is_ancestor, set_hook
 from watcher.gitops import clone
 from watcher_testing.images import push_image
 
+pytestmark = pytest.mark.integration
+
 IMAGES = 6
 BRANCHES = ("environment/a", "environment/b")
 BRANCH_A = BRANCHES[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from yaml.nodes import Node, ScalarNode
@@ -18,6 +19,8 @@ from watcher.blocks import Edit
 from watcher.gitops.values import apply_edits, find_blocks
 from watcher.gitops.values.compose import ComposeError, compose, compose_reference
 from watcher.gitops.values.read import Scan, scan_text
+
+pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parent.parent
 
