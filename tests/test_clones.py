@@ -135,6 +135,50 @@ def test_a_clone_held_too_long_is_an_error_not_a_hang(remote: GitRemote, tmp_pat
         holder.wait()
 
 
+def test_processes_creating_one_clone_at_once_all_succeed(
+    remote: GitRemote, tmp_path: Path
+) -> None:
+    """Promise: several processes starting on a clone nobody made yet (replicas started
+    together on the default workdir) make one clone, and none refuses it half made."""
+    workdir = tmp_path / "cache" / "clone"
+    script = (
+        "import sys; from pathlib import Path; from watcher.config import Author;"
+        "from watcher.gitops.mirror import GitMirror;"
+        "GitMirror(sys.argv[1], Path(sys.argv[2]), Author()).fetch()"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, remote.url, str(workdir)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(5)
+    ]
+    errors = [proc.communicate(timeout=60)[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * 5, errors
+    assert GitMirror(remote.url, workdir, AUTHOR).head(BRANCH) == remote.head(BRANCH)
+
+
+def test_a_clone_cut_off_between_init_and_its_remote_is_completed(
+    remote: GitRemote, tmp_path: Path
+) -> None:
+    workdir = tmp_path / "clone"
+    workdir.mkdir()
+    (workdir / clone.LOCK_FILE).touch()
+    git(tmp_path, "init", "-q", "--bare", str(workdir))  # then the process was killed
+    mirror = GitMirror(remote.url, workdir, AUTHOR)
+    mirror.fetch()
+    assert mirror.head(BRANCH) == remote.head(BRANCH)
+
+
+def test_a_bare_repository_of_a_person_is_not_taken_over(remote: GitRemote, tmp_path: Path) -> None:
+    workdir = tmp_path / "theirs.git"
+    git(tmp_path, "init", "-q", "--bare", str(workdir))
+    with pytest.raises(GitError, match="holds a clone of no origin"):
+        GitMirror(remote.url, workdir, AUTHOR).fetch()
+    assert "origin" not in git(workdir, "config", "--list")
+
+
 def test_threads_and_processes_fetching_at_once_all_succeed(
     remote: GitRemote, tmp_path: Path
 ) -> None:

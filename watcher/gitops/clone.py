@@ -110,15 +110,29 @@ def is_clone(workdir: Path) -> bool:
     return (workdir / "HEAD").is_file() and (workdir / "objects").is_dir()
 
 
-def check_empty(workdir: Path) -> None:
-    """Refuse a directory that holds anything but a clone (or our lock file)."""
-    if is_clone(workdir) or not workdir.exists():
-        return
+# What `git init --bare` makes: a directory holding only these (and our lock) is a
+# clone whose creation another process has under way, or was cut off.
+_INIT_NAMES = frozenset({"HEAD", "config", "description", "hooks", "info", "objects", "refs",
+                         "branches", "packed-refs", "FETCH_HEAD", "logs"})  # fmt: skip
+
+
+def _entries(workdir: Path) -> set[str]:
     try:
-        entries = [entry.name for entry in workdir.iterdir()]
+        return {entry.name for entry in workdir.iterdir()} if workdir.exists() else set()
     except OSError as exc:
         raise GitError(f"cannot open {workdir}: {exc}") from None
-    if any(name != LOCK_FILE for name in entries):
+
+
+def check_empty(workdir: Path) -> None:
+    """Refuse, without touching it, a directory that holds anything but a clone of ours.
+
+    Ours: a clone, an empty directory, or one holding our lock file (with whatever a
+    ``git init`` another process is running, or was running when it was killed, left).
+    """
+    if is_clone(workdir):
+        return
+    entries = _entries(workdir)
+    if entries and (LOCK_FILE not in entries or entries - _INIT_NAMES - {LOCK_FILE}):
         raise GitError(f"{workdir} is not empty and not a git clone; refusing to use it")
 
 
@@ -206,14 +220,19 @@ def prepare(url: str, workdir: Path, lock: CloneLock) -> list[str]:
     be a path someone mistyped, and deleting it is not ours to decide.
     """
     check_empty(workdir)
+    # Ours to complete: a directory we (or a killed process of ours) started.
+    ours = not _entries(workdir) or LOCK_FILE in _entries(workdir)
     with lock.held() as fd:
         if not is_clone(workdir):
-            check_empty(workdir)  # again: another process may have filled it meanwhile
+            check_empty(workdir)  # again, under the lock: what another process left
             run(workdir, "init", "--quiet", "--bare", str(workdir), fds=(fd,))
-            run(workdir, "remote", "add", REMOTE, url, fds=(fd,))
         removed = recover(workdir)
         config = _config(workdir)
         urls = config.get(f"remote.{REMOTE}.url", [])
+        if not urls and ours:
+            # Created here, or by a process killed between `init` and `remote add`.
+            run(workdir, "remote", "add", REMOTE, url, fds=(fd,))
+            urls = [url]
         if len(urls) == 1 and urls[0] != url and redact(urls[0]) == redact(url):
             # Same remote, rotated credentials: keep the clone, use the new ones.
             run(workdir, "remote", "set-url", REMOTE, url, fds=(fd,))

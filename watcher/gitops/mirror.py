@@ -1,10 +1,12 @@
 """The GitOps remote's local clone: fetched, read, committed to and pushed from.
 
-Blocking (GitPython and git plumbing); the engine calls it through
-``asyncio.to_thread``. Commits are built without a checkout: blobs go into the
-object database, the tree is the parent's tree with a temporary index, and the
-push is a plain fast-forward push, never forced, so git itself is the
-compare-and-swap on the branch.
+Blocking (git plumbing); the engine calls it from threads. Objects are read
+through one persistent ``cat-file`` (:mod:`~watcher.gitops.catfile`), commits
+are built without a checkout or an index (:mod:`~watcher.gitops.commits`), and
+pushes are plain fast-forward pushes, several branches at once when their
+writers push together (:mod:`~watcher.gitops.push`), never forced, so git
+itself is the compare-and-swap on each branch. The clone on disk, its lock and
+its recovery: :mod:`~watcher.gitops.clone`.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,12 +24,17 @@ import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml import nodes as ruamel_nodes
 from ruamel.yaml.error import MarkedYAMLError as RuamelMarkedError
+from ruamel.yaml.error import ReusedAnchorWarning
 from ruamel.yaml.error import YAMLError as RuamelError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from watcher.gitops.values.scalars import Yaml11Resolver
 
 Nodes = list[Node | None]
+
+# An anchor defined again is valid YAML (the later one wins); ruamel would print a
+# warning on stderr, where the daemon's log is JSON lines.
+warnings.filterwarnings("ignore", category=ReusedAnchorWarning)
 
 # Deeper than any values file is written; the text is refused beyond it. (libyaml
 # stops at 1,000 levels; ruamel's recursion around 490.)
@@ -128,7 +134,8 @@ class _Yaml11(YAML):
 
     Set once, ``YAML.version`` holds for the first document only: ruamel resets it at
     each document start, so later documents were read as YAML 1.2 (``off`` a string),
-    unlike Helm.
+    unlike Helm. What a document's ``%YAML`` directive sets is still checked by ruamel
+    itself (it refuses a version it does not know), then ignored.
     """
 
     @property
@@ -137,7 +144,7 @@ class _Yaml11(YAML):
 
     @version.setter
     def version(self, value: object) -> None:
-        del value
+        YAML.__dict__["version"].fset(self, value)
 
 
 def compose_reference(text: str) -> Nodes:
