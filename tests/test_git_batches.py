@@ -117,6 +117,43 @@ def test_a_commit_has_the_tree_git_itself_builds(
     git(mirror.workdir, "fsck", "--no-dangling", "--connectivity-only")
 
 
+def test_trees_written_by_old_tools_are_rewritten_as_git_writes_them(
+    mirror: GitMirror, remote: GitRemote, tmp_path: Path
+) -> None:
+    """A zero-padded mode from an old tool beside the edited file: the new tree carries
+    the canonical mode, as a commit made with git would (index-pack --strict refuses
+    the other); trees off the edited paths are kept as they are."""
+    branch = BRANCHES[0]
+    blob = git(remote.path, "rev-parse", f"{branch}:apps/app0/values.yaml")
+    odd = b"100664 notes.txt\0" + bytes.fromhex(blob)
+    sub = subprocess.run(
+        ["git", "hash-object", "-t", "tree", "-w", "--literally", "--stdin"],
+        cwd=remote.path, input=odd, capture_output=True, check=True,
+    ).stdout.decode().strip()  # fmt: skip
+    root = git(remote.path, "rev-parse", f"{branch}^{{tree}}")
+    listing = git(remote.path, "ls-tree", root).replace("\t", " ").splitlines()
+    entries = (
+        b"".join(
+            f"{mode} {name}".encode() + b"\0" + bytes.fromhex(sha)
+            for mode, _, sha, name in (line.split(" ", 3) for line in listing)
+        )
+        + b"040000 old\0"
+        + bytes.fromhex(sub)
+    )  # zero-padded, and sorts last here
+    tree = subprocess.run(
+        ["git", "hash-object", "-t", "tree", "-w", "--literally", "--stdin"],
+        cwd=remote.path, input=entries, capture_output=True, check=True,
+    ).stdout.decode().strip()  # fmt: skip
+    parent = git(remote.path, "commit-tree", tree, "-p", remote.head(branch), "-m", "old tool")
+    git(remote.path, "update-ref", f"refs/heads/{branch}", parent)
+    mirror.fetch()
+    commit = mirror.commit(parent, {"apps/app0/values.yaml": values(0, D2).encode()}, "m\n")
+    raw = mirror.read_object(git(mirror.workdir, "rev-parse", f"{commit}^{{tree}}"))[1]
+    assert b"40000 old\0" in raw and b"040000 old\0" not in raw
+    # A tree off the edited paths is kept as it is, not rewritten.
+    assert git(mirror.workdir, "rev-parse", f"{commit}:old") == sub
+
+
 def test_a_file_where_a_directory_is_refused(mirror: GitMirror, remote: GitRemote) -> None:
     parent = remote.head(BRANCHES[0])
     result = mirror.commit_and_push(BRANCHES[0], parent, {"apps": b"x"}, "m")

@@ -54,14 +54,28 @@ class Tree:
 
 
 def parse_tree(data: bytes) -> Tree:
+    """A tree's entries, their modes as git's index writes them (``canon_mode``)."""
     tree = Tree()
     at = 0
     while at < len(data):
         space = data.index(b" ", at)
         nul = data.index(b"\0", space)
-        tree.entries[data[space + 1 : nul]] = (data[at:space], data[nul + 1 : nul + 21])
+        mode = _canonical(data[at:space])
+        tree.entries[data[space + 1 : nul]] = (mode, data[nul + 1 : nul + 21])
         at = nul + 21
     return tree
+
+
+def _canonical(mode: bytes) -> bytes:
+    # Old tools wrote "040000" or "100664"; git's index (and so a commit made with
+    # git add) writes the canonical form, and `index-pack --strict` refuses the others.
+    value = int(mode, 8)
+    kind = value & 0o170000
+    if kind == 0o040000:
+        return TREE_MODE
+    if kind in (0o120000, 0o160000):
+        return b"%o" % kind
+    return b"100755" if value & 0o100 else FILE_MODE
 
 
 class TreeBuilder:
