@@ -85,6 +85,10 @@ STARTUP_CHECK = 10.0
 
 # How long a fetch or push may take before it is killed (``git.timeout``'s default).
 GIT_TIMEOUT = 60.0
+# Threads for the branches' writes. A write mostly waits (for git, the clone
+# lock, a push in flight to join): with the default executor's cores + 4
+# threads, the writes of the eleventh branch waited for ten others to finish.
+WRITER_THREADS = 32
 
 # --- logs ---------------------------------------------------------------------------------
 
