@@ -782,6 +782,11 @@ def scale(opts: Options) -> Result:
             "<=",
         ),
         Target("scale: peak RSS (MB)", figures["peak_rss_mb"], 300, "<="),
+        Target("scale: cold discovery, 10,000 files (s)", figures["discovery_cold_s"], 5.0, "<="),
+        Target("scale: warm discovery, nothing moved (s)", figures["discovery_warm_s"], 0.3, "<="),
+        Target(
+            "scale: one batch to every branch (s)", figures["batch_write_all_branches_s"], 3.0, "<="
+        ),
     ]
     notes = [
         "Measured in-process through the real code path (Watcher.discover / resolve / write, "

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks import report
+from benchmarks import gitpath, report
 from benchmarks.scenarios import SCENARIOS, Options
 
 pytestmark = pytest.mark.timeout(90)
@@ -74,3 +74,27 @@ def test_scale(tmp_path: Path) -> None:
     assert figures["cpu_s_per_cycle_per_1000_images"] > 0
     assert figures["peak_rss_mb"] > 0
     assert figures["batch_commits"] == figures["branches"]
+
+
+def run_git(name: str, tmp_path: Path) -> dict[str, Any]:
+    result = gitpath.SCENARIOS[name](Options(smoke=True, repeats=1, workdir=tmp_path))
+    paths = report.write(result, tmp_path / "results")
+    data: dict[str, Any] = json.loads(paths[0].read_text())
+    return data
+
+
+def test_coldonce_profiles_every_stage(tmp_path: Path) -> None:
+    figures = run_git("coldonce", tmp_path)["figures"]
+    assert figures["once_exit_code"] == 0
+    assert figures["updates"] == figures["files"] == 120
+    assert figures["commits"] == figures["environments"]
+    assert 0 < figures["once_cpu_s_with_git"] < 60
+    for stage in ("discovery: read", "discovery: parse", "edits", "commits", "pushes"):
+        assert figures["stages"][stage]["count"] >= 1, stage
+
+
+def test_sharing(tmp_path: Path) -> None:
+    figures = run_git("sharing", tmp_path)["figures"]
+    assert figures["files"] == 60
+    assert 0 < figures["shared_clone_warm_fetch_s"] < figures["own_clone_first_fetch_s"] * 10
+    assert finite(figures["contended_fetch_p99_s"])

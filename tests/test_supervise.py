@@ -231,12 +231,14 @@ async def test_sleep_until_wakes_on_stop() -> None:
 
 INTERVAL = 1.0
 BRANCHES = ("environment/a", "environment/b")
-# A YAML 1.3 directive. YAML 1.2 says a processor should read a later 1.x
-# version with a warning; the values reader (ruamel.yaml) fails an assertion
-# instead, an AssertionError that neither discovery nor the branch writer
-# expects. If the reader learns to handle it, this test fails loudly at
-# "never failed" below: provoke the writer with another input it does not foresee.
-UNFORESEEN = "%YAML 1.3\n---\n"
+# A YAML 1.3 directive after a byte order mark. YAML 1.2 says a processor should
+# read a later 1.x version with a warning; libyaml refuses it as a syntax error,
+# which the reader reports, but a file with a byte order mark is read by the
+# reference reader (ruamel.yaml), which fails an assertion instead: an
+# AssertionError that neither discovery nor the branch writer expects. If the
+# reader learns to handle it, this test fails loudly at "never failed" below:
+# provoke the writer with another input it does not foresee.
+UNFORESEEN = "\ufeff%YAML 1.3\n---\n"
 
 
 @asynccontextmanager

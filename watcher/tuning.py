@@ -85,6 +85,10 @@ STARTUP_CHECK = 10.0
 
 # How long a fetch or push may take before it is killed (``git.timeout``'s default).
 GIT_TIMEOUT = 60.0
+# Threads for the branches' writes. A write mostly waits (for git, the clone
+# lock, a push in flight to join): with the default executor's cores + 4
+# threads, the writes of the eleventh branch waited for ten others to finish.
+WRITER_THREADS = 32
 
 # How far back in a values file's history the status looks for the commit that
 # gave a held or pinned block its value, when no trailer names it (a revert, a hand

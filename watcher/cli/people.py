@@ -36,18 +36,25 @@ from watcher.steer.actions import Plan
 from watcher.steer.status import Row, Status, build, from_json, short, when
 
 COMMANDS = ("pin", "release", "rollback", "history", "status")
+_CHANGES = ("pin", "release", "rollback")
 # A daemon's /status.json that does not answer within this is reported and left out.
 _DAEMON_TIMEOUT = 10.0
 _AUTHOR = re.compile(r"\s*(?P<name>[^<>]*?)\s*<(?P<email>[^<>\s]+)>\s*")
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    if args.command == "status":
-        return _status(cfg, args.branch, as_json=args.json, daemon=args.daemon)
-    if args.command == "history":
-        return _history(cfg, args.branch, args.block, as_json=args.json)
-    author = resolve_author(args.author)
-    remote = _Remote(cfg)
+    # Who, before anything is fetched: a change nobody can sign is refused at once.
+    author = resolve_author(args.author) if args.command in _CHANGES else None
+    with _Remote(cfg) as remote:
+        if args.command == "status":
+            return _status(remote, args.branch, as_json=args.json, daemon=args.daemon)
+        if args.command == "history":
+            return _history(remote, args.branch, args.block, as_json=args.json)
+        assert author is not None
+        return _change(remote, args, author)
+
+
+def _change(remote: _Remote, args: argparse.Namespace, author: Author) -> int:
     head, blocks = remote.branch(args.branch)
     block = _pick(args.block, args.branch, blocks)
     if args.command == "pin":
@@ -110,7 +117,14 @@ class _Remote:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.mirror = GitMirror(cfg.git.url, cfg.workdir, cfg.git.author, timeout=cfg.git.timeout)
+
+    def __enter__(self) -> _Remote:
         self.mirror.fetch()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # The clone's reader process (`git cat-file`) ends with the command.
+        self.mirror.close()
 
     def environments(self) -> dict[str, str]:
         return self.mirror.branches(self.cfg.git.branches)
@@ -180,8 +194,7 @@ def _values(versions: Sequence[Version], field: Field) -> list[str | None]:
     return [version.raw.value(field) for version in reversed(versions) if version.raw is not None]
 
 
-def _history(cfg: Config, branch: str, selector: str, *, as_json: bool) -> int:
-    remote = _Remote(cfg)
+def _history(remote: _Remote, branch: str, selector: str, *, as_json: bool) -> int:
     head, blocks = remote.branch(branch)
     block = _pick(selector, branch, blocks)
     versions = block_history(remote.mirror, head, block.id.file, block.id.path)
@@ -233,8 +246,7 @@ def _entry(version: Version, first: bool) -> dict[str, Any]:
 # --- status -------------------------------------------------------------------------------
 
 
-def _status(cfg: Config, glob: str | None, *, as_json: bool, daemon: str | None) -> int:
-    remote = _Remote(cfg)
+def _status(remote: _Remote, glob: str | None, *, as_json: bool, daemon: str | None) -> int:
     names = [b for b in remote.environments() if glob is None or matches_any([glob], b)]
     if glob is not None and not names:
         raise UsageError(f"--branch {glob}: no environment branch matches")

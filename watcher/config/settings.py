@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
+from watcher.gitops.paths import clone_name
+
 Strategy = Literal["digest", "newest", "semver", "lexical", "off"]
 STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 Holds = Literal["until-new-build", "until-released"]
@@ -98,8 +100,8 @@ class GitConfig:
     author: Author = field(default_factory=Author)
     """The author and committer of the watcher's commits."""
     workdir: str = ""
-    """Where the clone is kept between cycles (fetched, never re-cloned); empty:
-    under the cache directory."""
+    """Where the clone is kept between cycles (fetched, never re-cloned); empty: one
+    clone per remote under the cache directory, named from the URL (no credentials)."""
     timeout: float = 60.0
     """A fetch or push taking longer is killed (and retried next cycle)."""
 
@@ -177,5 +179,6 @@ class Config:
     def workdir(self) -> Path:
         if self.git.workdir:
             return Path(self.git.workdir)
+        # One clone per remote: configs for different remotes never share a directory.
         cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-        return Path(cache) / "image-tag-watcher"
+        return Path(cache) / "image-tag-watcher" / clone_name(self.git.url)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from functools import partial
 
@@ -31,7 +32,7 @@ from watcher.gitops.discovery import FoundBlock, WatchSet
 from watcher.gitops.mirror import GitMirror
 from watcher.gitops.writer import BranchWriter, WriteOutcome
 from watcher.metrics import Metrics
-from watcher.tuning import ABORT_REAP, BATCH_DELAY, STOP_GRACE
+from watcher.tuning import ABORT_REAP, BATCH_DELAY, STOP_GRACE, WRITER_THREADS
 
 log = structlog.get_logger()
 
@@ -75,6 +76,9 @@ class WriteBack:
         self._written: dict[BlockId, tuple[Edit, str]] = {}
         self._supervisor: Supervisor | None = None
         self._stop: asyncio.Event | None = None
+        # Every branch's write in a thread of its own, not in the default executor's
+        # few threads, so that no branch's write waits for another's to end.
+        self._threads = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="writer")
 
     # --- what our own commits wrote ------------------------------------------------------
 
@@ -111,8 +115,9 @@ class WriteBack:
     async def write(self, branch: str, batch: Sequence[Update]) -> WriteOutcome | None:
         """Commit and push ``batch`` on ``branch``; None when git failed (the batch stays
         pending). Anything but a GitError is a bug and is left to the caller's policy."""
+        loop = asyncio.get_running_loop()
         flight = self._flights[branch] = asyncio.ensure_future(
-            asyncio.to_thread(self._branch_writer(branch).write, batch)
+            loop.run_in_executor(self._threads, self._branch_writer(branch).write, batch)
         )
         try:
             # Shielded: a writer cancelled at stop leaves the push to land or be aborted.
@@ -305,3 +310,4 @@ class WriteBack:
         self.mirror.abort()
         for task in self._tasks.values():
             task.cancel()
+        self._threads.shutdown(wait=False)

@@ -1,7 +1,7 @@
 """Discovery: environment branches -> image blocks -> the watch set, keyed by image.
 
-Blocking (GitPython); the worker runs it in a thread. Parsed files are cached
-by (commit, path), so a cycle in which no branch moved parses nothing.
+Blocking (git); the engine runs it in a thread. Parsed files are cached by blob
+id and branches by commit, so a cycle in which no branch moved parses nothing.
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 
 from watcher.blocks import BlockId, RawBlock
 from watcher.config import Config
-from watcher.errors import InvalidReference, PolicyError
+from watcher.errors import GitError, InvalidReference, PolicyError
 from watcher.gitops import values
 from watcher.gitops.mirror import GitMirror
+from watcher.gitops.profile import STAGES
+from watcher.gitops.values.compose import collector_paused
 from watcher.references import ImageName, canonical_name
 from watcher.steer.holds import FOLLOWING, Steer
 from watcher.strategies import Policy, parse_policy
@@ -63,44 +65,101 @@ class _Parsed:
     problems: list[tuple[int, str]]
 
 
+@dataclass(frozen=True)
+class _Branch:
+    """One branch as read at one commit: its blocks and problems, and the blobs it holds."""
+
+    commit: str
+    blocks: list[FoundBlock]
+    problems: list[Problem]
+    blobs: frozenset[str]
+
+
 class Discovery:
     """Finds every image block on every environment branch.
 
-    Parsed files are cached by blob id (their content), so a commit that
-    changes one file costs one parse, however many branches share the rest.
+    Only what changed is read again: a branch still at the commit of the last run is
+    reused whole, and a file is parsed once per content (blob id), however many
+    branches and commits hold it. Blobs come through the one persistent
+    ``git cat-file`` the mirror keeps.
     """
 
     def __init__(self, config: Config, mirror: GitMirror) -> None:
         self._config = config
         self._mirror = mirror
         self._cache: dict[str, _Parsed] = {}
+        self._branches: dict[str, _Branch] = {}
+        self._last: WatchSet | None = None
+        self._images: dict[str, ImageName] = {}
 
     def run(self, *, fetch: bool = True) -> WatchSet:
         if fetch:
-            self._mirror.fetch()
-        watch = WatchSet(branches=self._mirror.branches(self._config.git.branches))
-        grouped: dict[ImageName, list[FoundBlock]] = defaultdict(list)
-        seen: set[str] = set()
-        for branch, commit in sorted(watch.branches.items()):
-            for path, blob in sorted(self._mirror.blobs(commit, self._config.git.files).items()):
-                seen.add(blob)
-                parsed = self._cache.get(blob)
-                if parsed is None:
-                    parsed = self._cache[blob] = self._parse(blob)
-                for raw, image, policy in parsed.blocks:
-                    block_id = BlockId(branch, path, raw.path)
-                    grouped[image].append(FoundBlock(block_id, raw, image, policy))
-                watch.problems.extend(
-                    Problem(branch, path, line, message) for line, message in parsed.problems
-                )
+            with STAGES.time("discovery: fetch"):
+                self._mirror.fetch()
+        heads = self._mirror.branches(self._config.git.branches)
+        last = self._last
+        if last is not None and last.branches == heads:
+            # Nothing moved: the same blocks (the lists are never changed in place).
+            return WatchSet(dict(heads), dict(last.images), list(last.problems))
+        changed = {
+            branch: commit
+            for branch, commit in heads.items()
+            if branch not in self._branches or self._branches[branch].commit != commit
+        }
+        with STAGES.time("discovery: list files", len(changed)):
+            listed = {
+                branch: sorted(self._mirror.blobs(commit, self._config.git.files).items())
+                for branch, commit in changed.items()
+            }
+        self._parse_new({blob for files in listed.values() for _, blob in files})
+        views = {}
+        for branch, commit in sorted(heads.items()):
+            if branch in listed:
+                views[branch] = self._view(branch, commit, listed[branch])
+            else:
+                views[branch] = self._branches[branch]
+        self._branches = views
         # Forget content no branch holds any more.
-        for blob in self._cache.keys() - seen:
+        held = frozenset().union(*(view.blobs for view in views.values()))
+        for blob in self._cache.keys() - held:
             del self._cache[blob]
+        grouped: dict[ImageName, list[FoundBlock]] = defaultdict(list)
+        watch = WatchSet(branches=dict(heads))
+        for view in views.values():
+            for block in view.blocks:
+                grouped[block.image].append(block)
+            watch.problems.extend(view.problems)
         watch.images = dict(sorted(grouped.items()))
-        return watch
+        self._last = watch
+        return WatchSet(dict(heads), dict(watch.images), list(watch.problems))
 
-    def _parse(self, blob: str) -> _Parsed:
-        data = self._mirror.read_blob(blob)
+    def _parse_new(self, blobs: set[str]) -> None:
+        """Read and parse the blobs not parsed yet: one round trip for all of them."""
+        new = sorted(blobs - self._cache.keys())
+        if not new:
+            return
+        with STAGES.time("discovery: read", len(new)):
+            contents = self._mirror.read_objects(new)
+        with STAGES.time("discovery: parse", len(new)), collector_paused():
+            for blob in new:
+                kind, data = contents.get(blob, ("missing", b""))
+                if kind != "blob":
+                    raise GitError(f"cannot read blob {blob}: {kind}")
+                self._cache[blob] = self._parse(data)
+
+    def _view(self, branch: str, commit: str, files: list[tuple[str, str]]) -> _Branch:
+        blocks: list[FoundBlock] = []
+        problems: list[Problem] = []
+        for path, blob in files:
+            parsed = self._cache[blob]
+            for raw, image, policy in parsed.blocks:
+                blocks.append(FoundBlock(BlockId(branch, path, raw.path), raw, image, policy))
+            problems.extend(
+                Problem(branch, path, line, message) for line, message in parsed.problems
+            )
+        return _Branch(commit, blocks, problems, frozenset(blob for _, blob in files))
+
+    def _parse(self, data: bytes) -> _Parsed:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -111,7 +170,7 @@ class Discovery:
         blocks = []
         for raw in raws:
             try:
-                image = canonical_name(raw.repository)
+                image = self._image(raw.repository)
             except InvalidReference as exc:
                 problems.append((raw.line, f"repository: {exc}"))
                 continue
@@ -122,3 +181,10 @@ class Discovery:
                 continue
             blocks.append((raw, image, policy))
         return _Parsed(blocks, problems)
+
+    def _image(self, repository: str) -> ImageName:
+        # Thousands of files name the same few hundred images.
+        found = self._images.get(repository)
+        if found is None:
+            found = self._images[repository] = canonical_name(repository)
+        return found

@@ -1,60 +1,58 @@
 """The GitOps remote's local clone: fetched, read, committed to and pushed from.
 
-Blocking (GitPython and git plumbing); the engine calls it through
-``asyncio.to_thread``. Commits are built without a checkout: blobs go into the
-object database, the tree is the parent's tree with a temporary index, and the
-push is a plain fast-forward push, never forced, so git itself is the
-compare-and-swap on the branch.
+Blocking (git plumbing); the engine calls it from threads. Objects are read
+through one persistent ``cat-file`` (:mod:`~watcher.gitops.catfile`), commits
+are built without a checkout or an index (:mod:`~watcher.gitops.commits`), and
+pushes are plain fast-forward pushes, several branches at once when their
+writers push together (:mod:`~watcher.gitops.push`), never forced, so git
+itself is the compare-and-swap on each branch. The clone on disk, its lock and
+its recovery: :mod:`~watcher.gitops.clone`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
 
-import git
-from git.exc import GitCommandError
+import structlog
 
 from watcher.config import Author
 from watcher.errors import GitError
+from watcher.gitops import clone, commits, push
+from watcher.gitops.catfile import CatFile
+from watcher.gitops.clone import CloneLock
 from watcher.gitops.paths import matches_any
+from watcher.gitops.profile import STAGES
+from watcher.gitops.push import PushResult
 from watcher.logs import redact
 from watcher.tuning import GIT_TIMEOUT
 
-_REMOTE = "origin"
-_REFSPEC = f"+refs/heads/*:refs/remotes/{_REMOTE}/*"
+log = structlog.get_logger()
+
+_REMOTE = clone.REMOTE
+_REFSPEC = clone.REFSPEC
 _TRACKING = f"refs/remotes/{_REMOTE}/"
-# A push that lost the race: the branch moved since our parent was read.
-_CONFLICT_MARKERS = ("non-fast-forward", "fetch first", "stale info", "[rejected]")
-
-
-PushStatus = Literal["ok", "conflict", "error"]
-
-
-@dataclass(frozen=True)
-class PushResult:
-    """``ok``: the branch now points at ``commit``; ``conflict``: it moved meanwhile;
-    ``error``: anything else (hook, network, auth), with a redacted message."""
-
-    result: PushStatus
-    message: str = ""
-    commit: str | None = None
+# What git says when it meets a lock file that a killed process left behind.
+_STALE_MARKERS = ("cannot lock ref", ".lock': File exists", "Unable to create")
+# ``timeout`` ends an orphaned network command this long after our own deadline.
+_ORPHAN_SLACK = 5.0
+_TIMEOUT = shutil.which("timeout")
+# Trees kept in memory between reads (a 20-branch, 10,000-file remote has ~10,000).
+_TREES_KEPT = 50_000
+# ``timeout --signal=KILL`` exits 137 when it had to kill the command.
+_KILLED_BY_TIMEOUT = 137
 
 
 class GitMirror:
-    """One bare clone in ``workdir``, fetched (never re-cloned) and shared by every writer.
-
-    A workdir that holds a clone of another URL is an error rather than wiped: it may be
-    a path someone mistyped, and deleting it is not ours to decide.
-    """
+    """One bare clone in ``workdir``, fetched (never re-cloned) and shared by every writer,
+    and by every process on this host that points at the same directory
+    (:mod:`watcher.gitops.clone` says how they share it)."""
 
     def __init__(
         self, url: str, workdir: Path, author: Author, *, timeout: float = GIT_TIMEOUT
@@ -67,56 +65,37 @@ class GitMirror:
         self._network_procs: set[subprocess.Popen[bytes]] = set()
         self._procs_lock = threading.Lock()
         self._aborted = False
-        # Concurrent git processes on one repository fight over ref and index locks.
-        self._lock = threading.RLock()
-        self._repo: git.Repo | None = None
+        # Writes to the clone, across threads and processes. Another process's fetch
+        # may hold it for up to its git.timeout; waiting twice that is generous.
+        self._lock = CloneLock(self.workdir, timeout=2 * timeout)
+        self._opening = threading.Lock()
+        self._opened = False
+        self._objects = CatFile(self.workdir)
+        self._trees: dict[str, bytes] = {}
+        self._pushes = push.PushQueue(self._push_grouped)
 
     # --- the clone ---------------------------------------------------------------------
 
-    def _open(self) -> git.Repo:
-        if self._repo is not None:
-            return self._repo
-        workdir = self.workdir
-        try:
-            if (workdir / "HEAD").is_file() and (workdir / "objects").is_dir():
-                repo = git.Repo(workdir)
-                urls = list(repo.remote(_REMOTE).urls) if _REMOTE in repo.remotes else []
-                if len(urls) == 1 and urls[0] != self.url and redact(urls[0]) == redact(self.url):
-                    # Same remote, rotated credentials: keep the clone, use the new ones.
-                    repo.remote(_REMOTE).set_url(self.url)
-                    urls = [self.url]
-                if urls != [self.url]:
-                    shown = ", ".join(redact(u) for u in urls) or "no origin"
-                    raise GitError(
-                        f"{workdir} holds a clone of {shown}, not {redact(self.url)}; "
-                        "point git.workdir elsewhere or remove it"
-                    )
-            else:
-                if workdir.exists() and any(workdir.iterdir()):
-                    raise GitError(
-                        f"{workdir} is not empty and not a git clone; refusing to use it"
-                    )
-                workdir.mkdir(parents=True, exist_ok=True)
-                repo = git.Repo.init(workdir, bare=True)
-                repo.create_remote(_REMOTE, self.url)
-                repo.git.config(f"remote.{_REMOTE}.fetch", _REFSPEC)
-        except GitCommandError as exc:
-            raise GitError(redact(f"cannot open {workdir}: {_describe(exc)}")) from None
-        except (git.exc.InvalidGitRepositoryError, git.exc.NoSuchPathError, OSError) as exc:
-            raise GitError(redact(f"cannot open {workdir}: {exc}")) from None
-        # A daemon has no terminal: a credential prompt would hang the writer forever.
-        repo.git.update_environment(GIT_TERMINAL_PROMPT="0")
-        self._repo = repo
-        return repo
+    def _open(self) -> None:
+        if self._opened:
+            return
+        with self._opening:
+            if self._opened:
+                return
+            removed = clone.prepare(self.url, self.workdir, self._lock)
+            if removed:
+                log.warning("clone recovered", workdir=str(self.workdir), removed=removed)
+            self._opened = True
 
-    def _run(self, *args: Any, **kwargs: Any) -> str:
-        repo = self._open()
-        try:
-            return str(repo.git.execute(["git", *args], **kwargs))
-        except GitCommandError as exc:
-            raise GitError(redact(f"git {args[0]}: {_describe(exc)}")) from None
+    def close(self) -> None:
+        """End the clone's ``cat-file`` process (a new one starts if it is used again)."""
+        self._objects.close()
 
-    def _network(self, *args: str) -> tuple[int, str]:
+    def _run(self, *args: str, input: bytes | None = None, fds: tuple[int, ...] = ()) -> str:
+        self._open()
+        return clone.run(self.workdir, *args, input=input, fds=fds).decode("utf-8", "replace")
+
+    def _network(self, *args: str, fds: tuple[int, ...] = ()) -> tuple[int, str]:
         """Run a git command that talks to the remote: (exit status, redacted output).
 
         Unlike ``_run`` it has a deadline. A remote that accepts the connection and then
@@ -124,7 +103,9 @@ class GitMirror:
         otherwise hold the branch writer, and SIGTERM, forever: the thread blocked in it
         cannot be cancelled. Each command runs in its own process group so that the
         timeout, or ``abort()``, also ends the helpers git starts (ssh, remote-https,
-        receive-pack and its hooks for a local remote).
+        receive-pack and its hooks for a local remote). ``timeout`` bounds it too, so
+        that a command orphaned by a SIGKILL of this process (and the clone lock it
+        inherited in ``fds``) does not live on forever.
         """
         self._open()
         with self._procs_lock:
@@ -132,21 +113,16 @@ class GitMirror:
                 # Stopping: a writer that was waiting for the lock must not start a
                 # push that would keep the process alive after the one just killed.
                 return -1, f"git {args[0]}: not started, the process is stopping"
-        env = {
-            **os.environ,
-            "GIT_DIR": str(self.workdir),
-            "GIT_TERMINAL_PROMPT": "0",
-            "LANGUAGE": "C",
-            "LC_ALL": "C",
-        }
+        env = {**os.environ, **clone.GIT_ENV, "GIT_DIR": str(self.workdir)}
         proc = subprocess.Popen(
-            ["git", *args],
+            [*_deadline(self.timeout + _ORPHAN_SLACK), "git", *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
             cwd=self.workdir,
             start_new_session=True,
+            pass_fds=fds,
         )
         with self._procs_lock:
             self._network_procs.add(proc)
@@ -164,7 +140,7 @@ class GitMirror:
             with self._procs_lock:
                 self._network_procs.discard(proc)
         text = f"{out.decode('utf-8', 'replace')}\n{err.decode('utf-8', 'replace')}".strip()
-        if proc.returncode < 0:
+        if proc.returncode < 0 or proc.returncode == _KILLED_BY_TIMEOUT:
             text = f"git {args[0]}: killed ({text})" if text else f"git {args[0]}: killed"
         return proc.returncode, redact(text)
 
@@ -178,17 +154,23 @@ class GitMirror:
 
     def fetch(self) -> None:
         """Bring every remote branch into ``refs/remotes/origin/*``, pruning deleted ones."""
-        with self._lock:
-            status, output = self._network(
-                "fetch", "--prune", "--quiet", "--no-tags", _REMOTE, _REFSPEC
-            )
+        self._open()
+        with self._lock.held() as fd:
+            args = ("fetch", "--prune", "--quiet", "--no-tags", _REMOTE, _REFSPEC)
+            status, output = self._network(*args, fds=(fd,))
+            if status != 0 and any(m in output for m in _STALE_MARKERS):
+                # A process killed mid-fetch on this clone left its locks behind; we
+                # hold the clone lock, so nothing live is writing: clear them, retry.
+                removed = clone.recover(self.workdir)
+                if removed:
+                    log.warning("clone recovered", workdir=str(self.workdir), removed=removed)
+                    status, output = self._network(*args, fds=(fd,))
         if status != 0:
             raise GitError(f"git fetch: {' '.join(output.split()) or f'exit status {status}'}")
 
     def branches(self, globs: Sequence[str]) -> dict[str, str]:
         """Remote branch name -> commit sha, for branches matching any glob."""
-        with self._lock:
-            out = self._run("for-each-ref", "--format=%(objectname) %(refname)", _TRACKING)
+        out = self._run("for-each-ref", "--format=%(objectname) %(refname)", _TRACKING)
         result: dict[str, str] = {}
         for line in out.splitlines():
             sha, _, ref = line.partition(" ")
@@ -207,10 +189,7 @@ class GitMirror:
         Blob ids name content: a file unchanged between two commits has the
         same id, so callers can cache what they parsed by it.
         """
-        with self._lock:
-            out = self._run(
-                "ls-tree", "-r", "-z", "--full-tree", commit, strip_newline_in_stdout=False
-            )
+        out = self._run("ls-tree", "-r", "-z", "--full-tree", commit)
         found: dict[str, str] = {}
         for record in out.split("\0"):
             meta, _, path = record.partition("\t")
@@ -219,46 +198,88 @@ class GitMirror:
                 found[path] = fields[2]
         return found
 
+    def read_objects(self, shas: Sequence[str]) -> dict[str, tuple[str, bytes]]:
+        """Object id -> (type, content), through the clone's one persistent ``cat-file``;
+        ids it does not hold are left out. Trees are kept (objects never change): a
+        write reads the trees its files sit in, then builds new ones from them."""
+        self._open()
+        found = {sha: ("tree", self._trees[sha]) for sha in shas if sha in self._trees}
+        if len(found) < len(shas):
+            found.update(self._objects.read([sha for sha in shas if sha not in found]))
+            if len(self._trees) > _TREES_KEPT:
+                self._trees.clear()
+            self._trees.update((sha, data) for sha, (kind, data) in found.items() if kind == "tree")
+        return found
+
+    def read_object(self, sha: str) -> tuple[str, bytes]:
+        """(type, content) of one object."""
+        found = self.read_objects([sha]).get(sha)
+        if found is None:
+            raise GitError(f"cannot read object {sha}: not in the clone")
+        return found
+
     def read_blob(self, blob: str) -> bytes:
         """A blob's bytes by its id."""
-        with self._lock:
-            repo = self._open()
-            try:
-                data: bytes = repo.odb.stream(bytes.fromhex(blob)).read()
-            except (ValueError, GitCommandError) as exc:
-                raise GitError(f"cannot read blob {blob}: {exc}") from None
-            return data
+        return self.read_object(blob)[1]
 
     def read(self, commit: str, path: str) -> bytes:
         """A file's bytes at ``commit``; KeyError if the commit has no such file."""
-        with self._lock:
-            repo = self._open()
-            try:
-                blob = repo.commit(commit).tree / path
-            except KeyError:
-                raise KeyError(f"{path} not in {commit}") from None
-            except (ValueError, GitCommandError) as exc:
-                raise GitError(redact(f"cannot read {path} at {commit}: {exc}")) from None
-            if blob.type != "blob":
-                raise KeyError(f"{path} is not a file in {commit}")
-            data: bytes = blob.data_stream.read()
-            return data
+        found = self.read_files(commit, [path])
+        if path not in found:
+            raise KeyError(f"{path} not in {commit}")
+        return found[path]
+
+    def read_files(self, commit: str, paths: Sequence[str]) -> dict[str, bytes]:
+        """The files of ``commit`` at ``paths`` that exist there (and are files).
+
+        One ``cat-file`` round trip per directory level, then one for every file.
+        """
+        root = commits.TreeBuilder(self.read_object).tree_of(commit)
+        parents = {path: path.rpartition("/")[0] for path in paths}
+        folders: set[str] = set()
+        for folder in parents.values():
+            while folder:
+                folders.add(folder)
+                folder = folder.rpartition("/")[0]
+        trees: dict[str, commits.Tree] = {}
+        level = {"": root}
+        while level:
+            read = self.read_objects(sorted(set(level.values())))
+            for folder, sha in level.items():
+                kind, data = read.get(sha, ("missing", b""))
+                if kind == "tree":
+                    trees[folder] = commits.parse_tree(data)
+            level = {}
+            for folder in folders - trees.keys():
+                parent, _, name = folder.rpartition("/")
+                entry = trees[parent].entries.get(name.encode()) if parent in trees else None
+                if entry is not None and entry[0] == commits.TREE_MODE:
+                    level[folder] = entry[1].hex()
+        blobs: dict[str, str] = {}
+        for path, folder in parents.items():
+            tree = trees.get(folder)
+            entry = tree.entries.get(path.rpartition("/")[2].encode()) if tree else None
+            if entry is not None and entry[0] not in (commits.TREE_MODE, commits.GITLINK_MODE):
+                blobs[path] = entry[1].hex()
+        read = self.read_objects(sorted(set(blobs.values())))
+        return {
+            path: read[sha][1]
+            for path, sha in blobs.items()
+            if sha in read and read[sha][0] == "blob"
+        }
 
     def head(self, branch: str) -> str | None:
         """The last fetched commit of ``branch``, or None if the remote has no such branch."""
-        with self._lock:
-            repo = self._open()
-            status, out, _ = repo.git.execute(
-                ["git", "rev-parse", "--verify", "--quiet", f"{_TRACKING}{branch}^{{commit}}"],
-                with_extended_output=True,
-                with_exceptions=False,
-            )
-        return str(out).strip() if status == 0 and out else None
+        ref = f"{_TRACKING}{branch}^{{commit}}"
+        try:
+            out = self._run("rev-parse", "--verify", "--quiet", ref).strip()
+        except GitError:
+            return None
+        return out or None
 
     def log(self, *args: str) -> str:
         """``git log ARGS``: the history holds and ``watcher history`` are read from."""
-        with self._lock:
-            return self._run("log", *args, strip_newline_in_stdout=False)
+        return self._run("log", *args)
 
     # --- writing -----------------------------------------------------------------------
 
@@ -269,99 +290,95 @@ class GitMirror:
         changes: Mapping[str, bytes],
         message: str,
         *,
+        alone: bool = False,
         author: Author | None = None,
     ) -> PushResult:
         """Commit ``changes`` on top of ``parent`` (no checkout) and push it to ``branch``;
-        by ``author`` (author and committer), else the watcher's own identity."""
-        with self._lock:
-            try:
-                sha = self._commit(parent, changes, message, author or self.author)
-            except GitError as exc:
-                return PushResult("error", str(exc))
-        # The push is network time, outside the lock: writers of different
-        # branches push in parallel instead of queueing behind each other.
-        return self._push(branch, sha)
+        by ``author`` (author and committer: a person's command), else the watcher.
 
-    def _commit(
-        self, parent: str, changes: Mapping[str, bytes], message: str, by: Author
+        The push goes out with other branches' pushes waiting at the same time, unless
+        ``alone`` (a retry after a conflict, which must not wait for anyone).
+        """
+        try:
+            with STAGES.time("commits"):
+                sha = self.commit(parent, changes, message, author)
+        except GitError as exc:
+            return PushResult("error", str(exc))
+        with STAGES.time("pushes"):
+            if alone:
+                return self._push_now({branch: sha})[branch]
+            return self._pushes.push(branch, sha)
+
+    def commit(
+        self,
+        parent: str,
+        changes: Mapping[str, bytes],
+        message: str,
+        author: Author | None = None,
     ) -> str:
-        author = {
-            "GIT_AUTHOR_NAME": by.name,
-            "GIT_AUTHOR_EMAIL": by.email,
-            "GIT_COMMITTER_NAME": by.name,
-            "GIT_COMMITTER_EMAIL": by.email,
-        }
-        with tempfile.TemporaryDirectory(prefix="watcher-index-") as tmp:
-            # A private index: the commit is built beside, never through, a checkout.
-            env = {"GIT_INDEX_FILE": os.path.join(tmp, "index")}
-            self._run("read-tree", parent, env=env)
-            modes = self._modes(parent, list(changes))
-            content = os.path.join(tmp, "blob")
-            for path, data in changes.items():
-                Path(content).write_bytes(data)
-                # --no-filters: the bytes are the file as committed, no attributes apply.
-                blob = self._run("hash-object", "-w", "--no-filters", "--", content)
-                mode = modes.get(path, "100644")
-                self._run("update-index", "--add", "--cacheinfo", f"{mode},{blob},{path}", env=env)
-            tree = self._run("write-tree", env=env)
-        return self._run("commit-tree", tree, "-p", parent, "-m", message, env=author)
+        """A commit of ``changes`` (path -> content) on top of ``parent``; its id. By
+        ``author`` (a person's command), else the watcher's own identity."""
+        builder = commits.TreeBuilder(self.read_object)
+        tree = builder.build(builder.tree_of(parent), changes)
+        by = author or self.author
+        with self._lock.held() as fd:
+            builder.write(self.workdir, fd)
+            return commits.commit_tree(self.workdir, tree, parent, message, by, fd)
 
-    def _modes(self, commit: str, paths: Sequence[str]) -> dict[str, str]:
-        if not paths:
-            return {}
-        out = self._run(
-            "ls-tree", "-z", "--full-tree", commit, "--", *paths, strip_newline_in_stdout=False
-        )
-        modes: dict[str, str] = {}
-        for record in out.split("\0"):
-            meta, _, path = record.partition("\t")
-            if path:
-                modes[path] = meta.split(" ")[0]
-        return modes
+    def _push_grouped(self, shas: Mapping[str, str]) -> dict[str, PushResult]:
+        """Several branches in one push; a branch it failed for is pushed again alone.
 
-    def _push(self, branch: str, sha: str) -> PushResult:
+        A remote's pre-receive hook sees every ref of a push at once, and refusing one
+        refuses them all: without the second try, a branch the remote always refuses
+        would keep every branch pushed with it from landing.
+        """
+        outcome = self._push_now(shas)
+        if len(shas) > 1:
+            for branch, result in list(outcome.items()):
+                if result.result == "error":
+                    outcome[branch] = self._push_now({branch: shas[branch]})[branch]
+        return outcome
+
+    def _push_now(self, shas: Mapping[str, str]) -> dict[str, PushResult]:
+        """One ``git push`` of every branch in ``shas``; each ref's own result."""
         # To the URL, not the remote's name: git then leaves refs/remotes/ alone
         # (its own update there could race a fetch now that pushes run unlocked);
         # ours is below, under the lock.
-        status, output = self._network(
-            "push", "--porcelain", self.url, f"{sha}:refs/heads/{branch}"
-        )
-        if status == 0:
-            # Our own commit is the new head: no need to wait for the next fetch to see it.
-            with self._lock:
-                self._run("update-ref", f"{_TRACKING}{branch}", sha)
-            return PushResult("ok", "", sha)
-        summary = _summary(output)
-        if "remote rejected" not in output and any(m in output for m in _CONFLICT_MARKERS):
-            return PushResult("conflict", summary, sha)
-        if "cannot lock ref" in output and "but expected" in output:
-            # Another pusher updated the branch between the remote's check and
-            # its ref update (two replicas at once): the branch moved, which is
-            # a conflict to fetch and re-apply, not a refusal to wait out.
-            return PushResult("conflict", summary, sha)
-        return PushResult("error", summary, sha)
+        refspecs = [f"{sha}:refs/heads/{branch}" for branch, sha in shas.items()]
+        status, output = self._network("push", "--porcelain", self.url, *refspecs)
+        outcome = push.results(status, output, shas)
+        landed = {b: r.commit for b, r in outcome.items() if r.result == "ok" and r.commit}
+        if landed:
+            # Our own commits are the new heads: no need to wait for the next fetch to
+            # see them. Only over what the ref held before: a newer head fetched
+            # meanwhile (here or by another process) must not be undone.
+            with contextlib.suppress(GitError), self._lock.held() as fd:
+                current = self.branches(list(landed))
+                lines = "".join(
+                    f"update {_TRACKING}{b} {sha} {self._parent_of(sha)}\n"
+                    for b, sha in landed.items()
+                    if current.get(b) == self._parent_of(sha)
+                )
+                if lines:
+                    self._run("update-ref", "--stdin", input=lines.encode(), fds=(fd,))
+        return outcome
+
+    def _parent_of(self, sha: str) -> str:
+        _, data = self.read_object(sha)
+        for line in data.split(b"\n"):
+            if line.startswith(b"parent "):
+                return line[7:47].decode()
+        return ""
+
+
+def _deadline(seconds: float) -> list[str]:
+    """``timeout`` before a network command, when coreutils has it."""
+    if _TIMEOUT is None:
+        return []
+    return [_TIMEOUT, "--signal=KILL", f"{seconds:.0f}s"]
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _describe(exc: GitCommandError) -> str:
-    stderr = str(exc.stderr or "").strip()
-    stderr = stderr.removeprefix("stderr:").strip().strip("'").strip()
-    # One line: these end up in JSON logs and in outcome messages.
-    return " ".join(stderr.split()) or f"exit status {exc.status}"
-
-
-def _summary(output: str) -> str:
-    lines = [line.strip() for line in output.splitlines() if line.strip()]
-    keep = [
-        line
-        for line in lines
-        if line.startswith(("!", "error:", "fatal:", "remote:", "hint: Updates were rejected"))
-    ]
-    return " | ".join(keep or lines)[:1000]
-
-

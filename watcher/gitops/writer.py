@@ -4,7 +4,8 @@ Blocking; the engine runs :meth:`BranchWriter.write` in a thread. Each
 update carries its *meaning* (an :class:`~watcher.blocks.Edit`), so on a
 push that lost the race the writer fetches, re-applies every update on the
 new head (a person's change made meanwhile wins), and pushes again without
-force, with jittered back-off.
+force, with jittered back-off, alone. A first push goes out together with the
+pushes other branches' writers make at the same time (:mod:`watcher.gitops.push`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from watcher.config import Author
 from watcher.errors import GitError
 from watcher.gitops import values
 from watcher.gitops.mirror import GitMirror
+from watcher.gitops.profile import STAGES
 from watcher.steer import trailers
 from watcher.steer.trailers import Mark
 
@@ -103,7 +105,8 @@ class BranchWriter:
                     "error", todo, dropped, attempt, f"branch {self.branch} is not on the remote"
                 )
             try:
-                changes, todo, newly_dropped = self._apply(head, todo, record)
+                with STAGES.time("edits"):
+                    changes, todo, newly_dropped = self._apply(head, todo, record)
             except GitError as exc:
                 return self._outcome("error", todo, dropped, attempt, str(exc))
             dropped.extend(newly_dropped)
@@ -112,7 +115,10 @@ class BranchWriter:
                     "unchanged", dropped=tuple(dropped), attempts=attempt, parent=head
                 )
             text = (message or self._message)(todo)
-            pushed = self.mirror.commit_and_push(self.branch, head, changes, text, author=author)
+            # A retry goes alone: it must not wait for other branches' pushes.
+            pushed = self.mirror.commit_and_push(
+                self.branch, head, changes, text, alone=attempt > 1, author=author
+            )
             if pushed.result == "ok":
                 return WriteOutcome(
                     "committed",
@@ -153,10 +159,10 @@ class BranchWriter:
         changes: dict[str, bytes] = {}
         applied: list[Update] = []
         dropped: list[Dropped] = []
+        files = self.mirror.read_files(head, list(by_file))
         for path, group in by_file.items():
-            try:
-                data = self.mirror.read(head, path)
-            except KeyError:
+            data = files.get(path)
+            if data is None:
                 dropped.extend(Dropped(u, f"{path} no longer exists") for u in group)
                 continue
             try:
