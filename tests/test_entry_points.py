@@ -8,6 +8,7 @@ with a password, one serving TLS), the Google-registry emulator.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -177,8 +178,11 @@ async def test_unreachable_remote(world: World) -> None:
         out = await watcher([command, "--config", str(config)])
         assert_clean(out, 1)
         assert out.reasons[0].startswith("git: "), out.describe()
-    for command, args in PEOPLE.items():
-        out = await watcher([command, "--config", str(config), *args])
+    # The people's commands side by side (each its own process): the same contract.
+    outs = await asyncio.gather(
+        *(watcher([command, "--config", str(config), *args]) for command, args in PEOPLE.items())
+    )
+    for out in outs:
         assert_clean(out, 1)
         assert out.reasons[0].startswith("git: "), out.describe()
     # The daemon keeps trying (readiness says why) and stops cleanly.
