@@ -3,9 +3,13 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from watcher.budget.local import LocalBudget
 from watcher.config import Limit
 from watcher.tuning import SEND_MARGIN
+
+pytestmark = pytest.mark.unit
 
 
 def max_in_window(times: list[float], window: float) -> int:

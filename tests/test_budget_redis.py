@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 from redis.asyncio import Redis
 
@@ -113,6 +114,7 @@ def usable_share(times: list[float], limit: Limit, begin: float, end: float) -> 
     return sum(counts) / len(counts) / limit.cap
 
 
+@pytest.mark.integration
 async def test_saturated_replicas_never_exceed_the_cap_and_use_it(
     redis_server: RedisServer,
 ) -> None:
@@ -145,6 +147,7 @@ async def test_saturated_replicas_never_exceed_the_cap_and_use_it(
     assert min(counts) >= 0.5 * len(everything) / REPLICAS, counts
 
 
+@pytest.mark.integration
 async def test_a_429_pause_holds_every_replica(redis_server: RedisServer) -> None:
     limit = Limit(name="gcr", requests=100, per=1.0, headroom=0.1)  # cap 90
     run = await run_replicas(
@@ -164,6 +167,7 @@ async def test_a_429_pause_holds_every_replica(redis_server: RedisServer) -> Non
     assert run.throttled == 0
 
 
+@pytest.mark.integration
 async def test_redis_stopped_then_restarted_empty(redis_server: RedisServer) -> None:
     limit = Limit(name="gcr", requests=100, per=1.0, headroom=0.1)  # cap 90, 30 each
     run = await run_replicas(
@@ -195,6 +199,7 @@ async def test_redis_stopped_then_restarted_empty(redis_server: RedisServer) -> 
     )
 
 
+@pytest.mark.integration
 async def test_slow_redis_does_not_stall_senders(redis_server: RedisServer) -> None:
     # The fixture's redis-server refuses DEBUG (enable-debug-command no); CLIENT PAUSE
     # stalls every command the same way DEBUG SLEEP 2 does.
@@ -231,6 +236,7 @@ async def _past_recovery(budget: RedisBudget) -> None:
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.integration
 async def test_keys_carry_a_hash_tag_and_an_empty_restart_gets_our_grants_back(
     redis_server: RedisServer,
 ) -> None:
@@ -264,6 +270,7 @@ async def test_keys_carry_a_hash_tag_and_an_empty_restart_gets_our_grants_back(
     await client.aclose()
 
 
+@pytest.mark.integration
 async def test_fair_under_unequal_demand(redis_server: RedisServer) -> None:
     client = Redis.from_url(redis_server.url)
     limit = Limit(name="gcr", requests=60, per=1.0, headroom=0.0)
@@ -300,6 +307,7 @@ async def test_fair_under_unequal_demand(redis_server: RedisServer) -> None:
     await client.aclose()
 
 
+@pytest.mark.unit
 def test_budgets_for_builds_one_budget_per_limit() -> None:
     config = Config(limits={"gcr": Limit(name="gcr"), "hub": Limit(name="hub", requests=100)})
     client = Redis()

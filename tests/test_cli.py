@@ -19,6 +19,8 @@ from tests.conftest import DockerRegistry, GitRemote, free_port, make_remote
 from watcher.config import load
 from watcher_testing.images import push_image
 
+pytestmark = pytest.mark.integration
+
 VALUES = "image:\n  repository: {host}/team/app\n  tag: master\n"
 
 

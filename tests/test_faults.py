@@ -16,9 +16,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import GitRemote, RedisServer, make_remote
 from tests.soak import CAP, QUOTA, WINDOW, Daemon, config_text, is_ancestor, set_hook, shasums
 from watcher_testing.emulator import EmulatorSettings, GoogleRegistryEmulator
+
+pytestmark = pytest.mark.integration
 
 INTERVAL = 1.0
 

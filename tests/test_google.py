@@ -172,6 +172,7 @@ def captured_logs() -> Iterator[io.StringIO]:
 # --- every strategy, one listing -------------------------------------------------------------
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("page_size", [1000, 3], ids=["one-page", "pages"])
 async def test_every_strategy_from_one_listing(mode: str, page_size: int, tmp_path: Path) -> None:
     settings = EmulatorSettings(mode=mode, auth_required=False, page_size_max=page_size)  # type: ignore[arg-type]
@@ -224,6 +225,7 @@ async def test_every_strategy_from_one_listing(mode: str, page_size: int, tmp_pa
     assert {b: remote.head(b) for b in remote.branches()} == heads
 
 
+@pytest.mark.integration
 async def test_digest_only_costs_one_listing_per_image(mode: str, tmp_path: Path) -> None:
     settings = EmulatorSettings(mode=mode, auth_required=False)  # type: ignore[arg-type]
     async with GoogleRegistryEmulator(settings) as emu:
@@ -253,6 +255,7 @@ async def test_digest_only_costs_one_listing_per_image(mode: str, tmp_path: Path
 # --- a developer's branch builds ---------------------------------------------------------------
 
 
+@pytest.mark.integration
 async def test_newest_follows_branch_builds_as_they_are_pushed(mode: str, tmp_path: Path) -> None:
     settings = EmulatorSettings(mode=mode, auth_required=False)  # type: ignore[arg-type]
     async with GoogleRegistryEmulator(settings) as emu:
@@ -293,6 +296,7 @@ async def test_newest_follows_branch_builds_as_they_are_pushed(mode: str, tmp_pa
 # --- faults ------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 async def test_429_pauses_the_budget_and_the_next_cycle_succeeds(
     mode: str, tmp_path: Path, captured_logs: io.StringIO
 ) -> None:
@@ -329,6 +333,7 @@ async def test_429_pauses_the_budget_and_the_next_cycle_succeeds(
     assert watcher.metrics.budget_paused.labels("local")._value.get() == 1.0
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("how", ["extension", "garbage", "truncated"])
 async def test_malformed_listing_skips_the_image_with_a_reason(
     mode: str, how: str, tmp_path: Path, captured_logs: io.StringIO
@@ -396,6 +401,7 @@ def secrets_of(emu: GoogleRegistryEmulator) -> set[str]:
     return set(emu._access_tokens) | set(emu._tokens)
 
 
+@pytest.mark.integration
 async def test_adc_tokens_cached_refreshed_before_expiry_never_logged(
     mode: str, adc_env: pytest.MonkeyPatch, tmp_path: Path, captured_logs: io.StringIO
 ) -> None:
@@ -454,6 +460,7 @@ async def test_adc_tokens_cached_refreshed_before_expiry_never_logged(
     assert seen_tokens and not any(token in text for token in seen_tokens)
 
 
+@pytest.mark.integration
 async def test_adc_failure_skips_the_registry_not_the_cycle(
     adc_env: pytest.MonkeyPatch, tmp_path: Path, captured_logs: io.StringIO
 ) -> None:
@@ -490,6 +497,7 @@ async def test_adc_failure_skips_the_registry_not_the_cycle(
     assert "image skipped" in captured_logs.getvalue()
 
 
+@pytest.mark.integration
 async def test_adc_found_through_the_environment_alone(
     adc_env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -548,6 +556,7 @@ def fixture(name: str) -> dict[str, Any]:
     return data
 
 
+@pytest.mark.unit
 def test_both_time_encodings_read_alike() -> None:
     gcr, _ = facts_from_pages([fixture("gcr-tags-list.json")])
     artifact, _ = facts_from_pages([fixture("artifact-registry-tags-list.json")])
@@ -561,6 +570,7 @@ def test_both_time_encodings_read_alike() -> None:
     )
 
 
+@pytest.mark.unit
 def test_bad_entries_are_left_out_with_reasons_bad_maps_refused() -> None:
     page = fixture("artifact-registry-tags-list.json")
     helm = "sha256:" + "1" * 64
@@ -598,6 +608,7 @@ def test_bad_entries_are_left_out_with_reasons_bad_maps_refused() -> None:
             facts_from_pages([broken])
 
 
+@pytest.mark.integration
 async def test_metadata_server_answers_as_google_auth_expects() -> None:
     import aiohttp
 
@@ -623,6 +634,7 @@ async def test_metadata_server_answers_as_google_auth_expects() -> None:
     assert [e.kind for e in emu.log] == ["metadata"] * 3 + ["token"] * 2
 
 
+@pytest.mark.integration
 async def test_adc_from_a_service_account_key_file(
     adc_env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

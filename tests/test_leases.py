@@ -133,6 +133,7 @@ def owned(replicas: Sequence[Replica]) -> list[frozenset[int]]:
 # --- tests ------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 async def test_three_replicas_converge_to_a_partition(
     redis_server: RedisServer, client: aioredis.Redis
 ) -> None:
@@ -171,6 +172,7 @@ async def test_three_replicas_converge_to_a_partition(
     assert await client.zcard(f"{DEFAULT_PREFIX}:replicas") == 0
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("shards", "count"), [(7, 5), (1, 2), (3, 3)])
 async def test_targets_differ_by_at_most_one(
     redis_server: RedisServer, shards: int, count: int
@@ -181,6 +183,7 @@ async def test_targets_differ_by_at_most_one(
         await r.shutdown()
 
 
+@pytest.mark.integration
 async def test_killed_replica_is_taken_over_within_two_intervals(
     redis_server: RedisServer, client: aioredis.Redis
 ) -> None:
@@ -208,6 +211,7 @@ async def test_killed_replica_is_taken_over_within_two_intervals(
         await r.shutdown()
 
 
+@pytest.mark.integration
 async def test_new_replica_gets_its_share(redis_server: RedisServer) -> None:
     first = [replica(redis_server.url, f"r{i}") for i in range(2)]
     await wait_for(lambda: is_balanced_partition(owned(first)), within=3 * INTERVAL)
@@ -231,6 +235,7 @@ async def test_new_replica_gets_its_share(redis_server: RedisServer) -> None:
         await r.shutdown()
 
 
+@pytest.mark.integration
 async def test_clean_stop_hands_over_at_once(redis_server: RedisServer) -> None:
     replicas = [replica(redis_server.url, f"r{i}") for i in range(2)]
     await wait_for(lambda: is_balanced_partition(owned(replicas)), within=3 * INTERVAL)
@@ -241,6 +246,7 @@ async def test_clean_stop_hands_over_at_once(redis_server: RedisServer) -> None:
     await replicas[1].shutdown()
 
 
+@pytest.mark.integration
 async def test_never_takes_a_live_lease(redis_server: RedisServer, client: aioredis.Redis) -> None:
     # Another replica's lease on shard 0, with no heartbeat: it still is not ours to take.
     await client.set(f"{DEFAULT_PREFIX}:lease:0", "other:41", px=10_000)
@@ -258,6 +264,7 @@ async def test_never_takes_a_live_lease(redis_server: RedisServer, client: aiore
     await r.shutdown()
 
 
+@pytest.mark.integration
 async def test_redis_restart_keeps_owners_and_fences(
     redis_server: RedisServer, client: aioredis.Redis
 ) -> None:
@@ -300,6 +307,7 @@ async def test_redis_restart_keeps_owners_and_fences(
         await r.shutdown()
 
 
+@pytest.mark.integration
 async def test_redis_down_keeps_the_shards_held(redis_server: RedisServer) -> None:
     """Promise: Redis down keeps the work going (nobody can take a shard meanwhile)."""
     r = replica(redis_server.url, "solo", shards=4)
@@ -319,6 +327,7 @@ async def test_redis_down_keeps_the_shards_held(redis_server: RedisServer) -> No
     await r.shutdown()
 
 
+@pytest.mark.unit
 async def test_local_membership_owns_everything() -> None:
     seen: list[dict[int, int]] = []
     local = LocalMembership(4, on_change=seen.append)
@@ -334,6 +343,7 @@ async def test_local_membership_owns_everything() -> None:
     await task
 
 
+@pytest.mark.unit
 def test_bad_arguments() -> None:
     client = aioredis.Redis()
     with pytest.raises(ValueError):
@@ -361,6 +371,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.integration
 async def test_separate_processes_and_sigkill(
     redis_server: RedisServer, client: aioredis.Redis
 ) -> None:

@@ -341,6 +341,7 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Observed:
 # --- metrics -----------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_promtool_check_metrics_is_clean(observed: Observed) -> None:
     promtool = require_binary("promtool", "prometheus")
     assert "image_watcher_registry_requests_total" in observed.scrape
@@ -357,6 +358,7 @@ def test_promtool_check_metrics_is_clean(observed: Observed) -> None:
     )
 
 
+@pytest.mark.integration
 def test_no_credential_in_the_scrape(observed: Observed) -> None:
     assert len(observed.secrets) >= 3  # the access token, its Basic form, bearer token(s)
     for secret in observed.secrets:
@@ -381,10 +383,12 @@ MUST_HAVE_DATA = (
 )
 
 
+@pytest.mark.integration
 def test_prometheus_scraped_the_daemon(observed: Observed) -> None:
     assert observed.scrapes >= MIN_SCRAPES
 
 
+@pytest.mark.integration
 def test_every_panel_query_succeeds(observed: Observed) -> None:
     titles = {title for title, _ in load_generator().panel_queries()}
     assert set(MUST_HAVE_DATA) <= titles
@@ -394,6 +398,7 @@ def test_every_panel_query_succeeds(observed: Observed) -> None:
         assert "warnings" not in answer, (title, expr, answer)
 
 
+@pytest.mark.integration
 def test_budget_request_and_shard_panels_return_data(observed: Observed) -> None:
     empty = [
         (title, expr)
@@ -419,6 +424,7 @@ def _results(observed: Observed) -> list[tuple[str, str, list[dict[str, Any]]]]:
 # --- logs ------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_every_log_line_is_json_with_severity_and_event(observed: Observed) -> None:
     assert observed.exit_code == 0, observed.stderr
     assert len(observed.log_lines) > 10
@@ -430,6 +436,7 @@ def test_every_log_line_is_json_with_severity_and_event(observed: Observed) -> N
         assert "time" in event, line
 
 
+@pytest.mark.integration
 def test_log_lines_carry_their_context(observed: Observed) -> None:
     events = [json.loads(line) for line in observed.log_lines]
     updated = [e for e in events if e["event"] == "updated"]
@@ -449,6 +456,7 @@ def test_log_lines_carry_their_context(observed: Observed) -> None:
     assert skipped and all("image" in e and "shard" in e for e in skipped)
 
 
+@pytest.mark.integration
 def test_no_credential_in_any_log_line(observed: Observed) -> None:
     everything = "".join(observed.log_lines) + observed.stderr
     for secret in observed.secrets:
@@ -466,6 +474,7 @@ def captured() -> Iterator[io.StringIO]:
         structlog.reset_defaults()
 
 
+@pytest.mark.unit
 def test_redaction_of_keys_headers_and_urls(captured: io.StringIO) -> None:
     log = structlog.get_logger().bind(image="eu.gcr.io/acme/api", shard=3)
     log.info("pushing", url="https://deploy:hunter2@github.com/acme/gitops.git", branch="env/a")
@@ -506,6 +515,7 @@ def test_redaction_of_keys_headers_and_urls(captured: io.StringIO) -> None:
 # --- readiness -------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_ready_only_after_the_first_discovery(observed: Observed) -> None:
     statuses = [status for status, _ in observed.readyz]
     assert statuses[-1] == 200
@@ -516,6 +526,7 @@ def test_ready_only_after_the_first_discovery(observed: Observed) -> None:
         assert text.startswith("not ready: ") and len(text) > len("not ready: \n")
 
 
+@pytest.mark.integration
 async def test_unreachable_git_stays_up_and_unready(tmp_path: Path) -> None:
     settings = EmulatorSettings(mode="gcr", access_tokens={ACCESS_TOKEN})
     async with GoogleRegistryEmulator(settings) as emu:
@@ -561,6 +572,7 @@ async def test_unreachable_git_stays_up_and_unready(tmp_path: Path) -> None:
     assert all(e["severity"] == "ERROR" and "reason" in e for e in failed)
 
 
+@pytest.mark.integration
 async def test_ready_needs_git_read_and_the_first_lease_tick(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:

@@ -198,6 +198,7 @@ def manifest_response(body: bytes, *, head: bool, with_digest: bool = True) -> w
 # --- against the real docker-registry ----------------------------------------------
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kind", ["oci", "docker", "index"])
 async def test_digest_is_what_skopeo_sees_in_one_request(
     docker_registry: DockerRegistry,
@@ -224,6 +225,7 @@ async def test_digest_is_what_skopeo_sees_in_one_request(
     assert budget.records[0].registry == docker_registry.host
 
 
+@pytest.mark.integration
 async def test_index_digest_is_the_index_not_a_platform(
     docker_registry: DockerRegistry, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -246,6 +248,7 @@ async def test_index_digest_is_the_index_not_a_platform(
     ]
 
 
+@pytest.mark.integration
 async def test_manifest_get_and_blob(
     docker_registry: DockerRegistry, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -266,6 +269,7 @@ async def test_manifest_get_and_blob(
     assert budget.kinds == [("manifest_get", 200), ("blob", 200)]
 
 
+@pytest.mark.integration
 async def test_tags_lists_every_tag(
     docker_registry: DockerRegistry, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -284,6 +288,7 @@ async def test_tags_lists_every_tag(
     assert budget.kinds == [("tags_list", 200)] * 2
 
 
+@pytest.mark.integration
 async def test_not_found(
     docker_registry: DockerRegistry, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -306,6 +311,7 @@ async def test_not_found(
     assert budget.granted == 5
 
 
+@pytest.mark.integration
 async def test_ping_and_bad_arguments(
     docker_registry: DockerRegistry, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -322,6 +328,7 @@ async def test_ping_and_bad_arguments(
 # --- Link pagination --------------------------------------------------------------
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("style", ["absolute", "relative", "mixed"])
 async def test_tags_follow_link_pages(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget, style: str
@@ -358,6 +365,7 @@ async def test_tags_follow_link_pages(
     assert budget.kinds == [("tags_list", 200)] * 8
 
 
+@pytest.mark.integration
 async def test_link_loop_and_garbage_pages(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -432,6 +440,7 @@ class TokenRegistry:
         return manifest_response(self.body, head=request.method == "HEAD")
 
 
+@pytest.mark.integration
 async def test_bearer_flow_caches_the_token(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -478,6 +487,7 @@ async def test_bearer_flow_caches_the_token(
     assert "scope=repository:team/other:pull" in seen[-2].path_qs
 
 
+@pytest.mark.integration
 async def test_ping_learns_the_challenge(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -490,6 +500,7 @@ async def test_ping_learns_the_challenge(
     assert budget.kinds == [("ping", 401), ("token", 200), ("manifest_head", 200)]
 
 
+@pytest.mark.integration
 async def test_token_defaults_access_token_missing_service_and_anonymous(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -512,6 +523,7 @@ async def test_token_defaults_access_token_missing_service_and_anonymous(
     assert budget.kinds == [("manifest_head", 200), ("token", 200), ("manifest_head", 200)]
 
 
+@pytest.mark.integration
 async def test_concurrent_lookups_share_one_token_request(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -528,6 +540,7 @@ async def test_concurrent_lookups_share_one_token_request(
     )
 
 
+@pytest.mark.integration
 async def test_rejected_token_and_refused_credentials(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -558,6 +571,7 @@ async def test_rejected_token_and_refused_credentials(
     assert "useless-token-value" not in str(caught.value)
 
 
+@pytest.mark.integration
 async def test_garbage_token_answer(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -585,6 +599,7 @@ class StaticToken:
         return "ya29.access-token"
 
 
+@pytest.mark.integration
 async def test_token_source_uses_oauth2accesstoken(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -605,6 +620,7 @@ async def test_token_source_uses_oauth2accesstoken(
 # --- Basic auth, redirects ----------------------------------------------------------
 
 
+@pytest.mark.integration
 async def test_basic_auth_only_to_the_registry_host(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -649,6 +665,7 @@ async def test_basic_auth_only_to_the_registry_host(
     assert budget.kinds == [("blob", 302), ("blob", 307), ("blob", 200)]
 
 
+@pytest.mark.integration
 async def test_signed_storage_url_stays_out_of_errors(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -672,6 +689,7 @@ async def test_signed_storage_url_stays_out_of_errors(
     assert "SIGNATURE-SECRET" not in str(caught.value.url)
 
 
+@pytest.mark.integration
 async def test_blob_must_hash_to_its_digest(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -685,6 +703,7 @@ async def test_blob_must_hash_to_its_digest(
         await client.blob(ImageName(host, "x"), sha256(b"original"))
 
 
+@pytest.mark.integration
 async def test_wrong_basic_credentials_are_not_sent_twice(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -709,6 +728,7 @@ async def test_wrong_basic_credentials_are_not_sent_twice(
 # --- digests ------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 async def test_missing_digest_header_hashes_the_get_body(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -730,6 +750,7 @@ async def test_missing_digest_header_hashes_the_get_body(
     assert [s.method for s in seen] == ["HEAD", "GET"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "header", ["md5:abc", "sha256:" + "A" * 64, "sha256:" + "0" * 63, "sha512:" + "0" * 128]
 )
@@ -747,6 +768,7 @@ async def test_bad_digest_header(
     assert budget.granted == 1
 
 
+@pytest.mark.integration
 async def test_garbage_manifest(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -769,6 +791,7 @@ async def test_garbage_manifest(
         await client.manifest(ImageName(host, "x"), sha256(b"something else"))
 
 
+@pytest.mark.integration
 async def test_error_codes_map_to_exceptions(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -799,6 +822,7 @@ async def test_error_codes_map_to_exceptions(
 # --- retries, throttling ------------------------------------------------------------
 
 
+@pytest.mark.integration
 async def test_5xx_twice_then_success(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -820,6 +844,7 @@ async def test_5xx_twice_then_success(
     assert budget.granted == 3
 
 
+@pytest.mark.integration
 async def test_5xx_gives_up_after_the_retries(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -834,6 +859,7 @@ async def test_5xx_gives_up_after_the_retries(
     assert budget.kinds == [("tags_list", 502)] * 3
 
 
+@pytest.mark.integration
 async def test_timeout_is_retried(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -859,6 +885,7 @@ async def test_timeout_is_retried(
     assert budget.granted == 2
 
 
+@pytest.mark.integration
 async def test_connection_errors_are_retried_then_unavailable(
     session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -871,6 +898,7 @@ async def test_connection_errors_are_retried_then_unavailable(
     assert budget.granted == 3
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("retry_after", "expected"),
     [("7", 7.0), (None, None), ("soon", None), ("http-date", 30.0)],
@@ -904,6 +932,7 @@ async def test_429_raises_throttled_at_once(
     assert budget.kinds == [("tags_list", 429)]
 
 
+@pytest.mark.unit
 def test_parse_retry_after() -> None:
     now = datetime(2026, 1, 1, tzinfo=UTC)
     assert parse_retry_after("120", now) == 120.0
@@ -916,6 +945,7 @@ def test_parse_retry_after() -> None:
 # --- plain http ---------------------------------------------------------------------
 
 
+@pytest.mark.integration
 async def test_plain_http_registry_refused_unless_insecure(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -931,6 +961,7 @@ async def test_plain_http_registry_refused_unless_insecure(
     assert seen == []  # no plain-http request reached the server
 
 
+@pytest.mark.integration
 async def test_https_registry_never_follows_to_plain_http(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -967,6 +998,7 @@ async def test_https_registry_never_follows_to_plain_http(
 # --- credentials --------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_credentials_repr_hides_the_password() -> None:
     creds = Credentials("robot", PASSWORD)
     assert PASSWORD not in repr(creds)
@@ -974,6 +1006,7 @@ def test_credentials_repr_hides_the_password() -> None:
     assert "robot" in repr(creds)
 
 
+@pytest.mark.unit
 def test_credentials_for_basic_and_anonymous() -> None:
     entry = RegistryConfig(
         host="reg.example", auth="basic", username_env="REG_USER", password_env="REG_PASS"
@@ -986,6 +1019,7 @@ def test_credentials_for_basic_and_anonymous() -> None:
     assert credentials_for(RegistryConfig(host="x"), "x", {}) is None
 
 
+@pytest.mark.unit
 def test_credentials_for_dockerconfig(tmp_path: Path) -> None:
     config = tmp_path / "config.json"
     entry = RegistryConfig(host="*", auth="dockerconfig", config=str(config))
@@ -1025,6 +1059,7 @@ def test_credentials_for_dockerconfig(tmp_path: Path) -> None:
 # --- challenges and the token cache ---------------------------------------------------
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("header", "scheme", "params"),
     [
@@ -1059,6 +1094,7 @@ def test_parse_challenge(header: str, scheme: str, params: dict[str, str]) -> No
     assert dict(challenge.params) == params
 
 
+@pytest.mark.unit
 def test_parse_challenge_service_default_and_garbage() -> None:
     challenge = parse_challenge('Bearer realm="https://europe-docker.pkg.dev/v2/token"')
     assert challenge is not None
@@ -1067,6 +1103,7 @@ def test_parse_challenge_service_default_and_garbage() -> None:
     assert parse_challenge("   ") is None
 
 
+@pytest.mark.unit
 def test_token_cache_expiry() -> None:
     clock = Clock()
     cache = TokenCache(clock)
@@ -1084,5 +1121,6 @@ def test_token_cache_expiry() -> None:
     assert "short" not in repr(cache)
 
 
+@pytest.mark.unit
 def test_manifest_types_are_exactly_the_four() -> None:
     assert ", ".join(MANIFEST_TYPES) == ACCEPT

@@ -18,10 +18,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.conftest import RedisServer, free_port, make_remote
 from watcher.config import load
 from watcher_testing.emulator import EmulatorSettings, GoogleRegistryEmulator, LoggedRequest
+
+pytestmark = pytest.mark.integration
 
 INTERVAL = 1.0
 WINDOW = 10.0

@@ -20,6 +20,8 @@ import pytest
 from tests.conftest import free_port, git, make_remote
 from watcher_testing.emulator import EmulatorSettings, GoogleRegistryEmulator
 
+pytestmark = pytest.mark.integration
+
 SECRET = "s3cret-access-token-7f2d9a"
 GIT_SECRET = "ghp_gitSecretToken12345"
 
