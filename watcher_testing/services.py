@@ -10,11 +10,11 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from watcher_testing.waiting import wait_until
 
 INSTALL_HINT = "bash .ci/install"
 
@@ -30,14 +30,6 @@ def _binary(name: str) -> str:
     if path is None:
         raise RuntimeError(f"{name} is not installed ({INSTALL_HINT}, or apt-get install {name})")
     return path
-
-
-def _wait(what: str, ready: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not start within {timeout:.0f}s")
-        time.sleep(0.05)
 
 
 def _stop(proc: subprocess.Popen[bytes], *, kill: bool) -> None:
@@ -88,7 +80,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        _wait("redis-server", self._pong, 10)
+        wait_until(self._pong, 30, what="redis-server to answer")
 
     def _pong(self) -> bool:
         try:
@@ -142,7 +134,7 @@ class DockerRegistry:
             self.proc = subprocess.Popen(
                 [binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT
             )
-        _wait("docker-registry", self._answers, 15)
+        wait_until(self._answers, 30, what="docker-registry to answer")
 
     def _answers(self) -> bool:
         try:
