@@ -38,9 +38,11 @@ from pathlib import Path
 from tests.conftest import GitRemote, RedisServer, free_port, git, make_remote
 from watcher.tuning import THROTTLE_FIRST
 from watcher_testing.emulator import EmulatorSettings, GoogleRegistryEmulator
+from watcher_testing.waiting import wait_until_async
 
 WINDOW = 10.0
 QUOTA = 300
+WARM_WITHIN = 60.0  # seconds the daemons may take to write every block once
 CAP = 285  # 5% headroom
 
 FAULTS = (
@@ -321,7 +323,15 @@ async def soak(
             config.write_text(daemons[0].config.read_text())
             for daemon in daemons:
                 daemon.start()
-            await asyncio.sleep(2 * interval)
+
+            def warm() -> bool:
+                seen = shasums(remote, branches, names)
+                return all(digest == emu.resolve(n, "master") for (_, n), digest in seen.items())
+
+            # Warm: every block written once (on a loaded machine that takes a while).
+            await wait_until_async(
+                lambda: asyncio.to_thread(warm), WARM_WITHIN, interval=0.2, what="the first writes"
+            )
             warm_rss = daemons[0].rss_kib() or 0
 
             def person(branch: str) -> None:
@@ -371,11 +381,12 @@ async def soak(
                         d.start()
                 rest = interval - (time.monotonic() - began)
                 if rest > 0:
-                    await asyncio.sleep(rest)
+                    await asyncio.sleep(rest)  # one fault per interval: the soak's pace
             emu.clear_faults()
             set_hook(remote, None)
             # A fault has cleared once the pause it asked for is over: a 429 without
-            # Retry-After holds the budget for THROTTLE_FIRST seconds by design.
+            # Retry-After holds the budget for THROTTLE_FIRST seconds by design. That
+            # pause passing is the behaviour, so this is a sleep.
             await asyncio.sleep(max(THROTTLE_FIRST, interval))
             for d in daemons:
                 if not d.alive():
@@ -393,7 +404,7 @@ async def soak(
                 for key in keys:
                     if key not in arrived and seen[key] == moved[key[1]]:
                         arrived[key] = now - moved_at
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1)  # sampling: each arrival is timed, late ones too
             report.moved_tags_not_reflected = sum(
                 1 for key in keys if arrived.get(key, float("inf")) > 2 * interval
             )
@@ -440,7 +451,10 @@ async def inject(
     interval: float,
     report: SoakReport,
 ) -> None:
-    """Inject one fault; return once it has cleared (faults do not overlap)."""
+    """Inject one fault; return once it has cleared (faults do not overlap).
+
+    The sleeps here are each fault's length: how long it lasts is the scenario.
+    """
     if fault == "registry_5xx":
         emu.fail_next(rng.randint(3, 12), status=rng.choice([500, 502, 503]))
     elif fault == "registry_timeout":

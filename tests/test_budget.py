@@ -61,6 +61,6 @@ async def test_grants_in_arrival_order() -> None:
     tasks = []
     for i in range(6):
         tasks.append(asyncio.create_task(take(i)))
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # each caller queues before the next exists: arrival order
     await asyncio.gather(*tasks)
     assert order == list(range(6))

@@ -30,6 +30,7 @@ from watcher_testing.emulator import (
     GoogleRegistryEmulator,
     max_in_window,
 )
+from watcher_testing.waiting import wait_until_async
 
 # Copies of the shapes in shared/fixtures: real responses of the Google registries.
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -200,7 +201,7 @@ async def test_token_expires(session: aiohttp.ClientSession) -> None:
         url = f"{emu.url}/v2/proj/app/tags/list"
         async with session.get(url, headers=auth) as resp:
             assert resp.status == 200
-        await asyncio.sleep(0.6)
+        await asyncio.sleep(0.6)  # the token's life passing is the behaviour under test
         async with session.get(url, headers=auth) as resp:
             assert resp.status == 401
             assert 'scope="repository:proj/app:pull"' in resp.headers["WWW-Authenticate"]
@@ -559,7 +560,7 @@ async def test_quota_429_with_retry_after_and_window_slides(
                 text = await resp.text()
         assert resp.headers["Retry-After"] == "2"
         assert text == "Quota Exceeded."
-        await asyncio.sleep(0.55)
+        await asyncio.sleep(0.55)  # the window sliding past is the behaviour under test
         async with session.get(url) as resp:
             assert resp.status == 200
         assert emu.count("ping", status=429) == 1
@@ -593,7 +594,7 @@ async def test_quota_counting_rejected_requests_keeps_client_locked_out(
         for _ in range(8):
             async with session.get(f"{emu.url}/v2/") as resp:
                 statuses.append(resp.status)
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # spacing: requests keep coming within each window
         assert statuses[:2] == [200, 200]
         assert statuses[3:] == [429] * 5
 
@@ -718,7 +719,7 @@ async def test_fault_hang_outlasts_client_timeout(session: aiohttp.ClientSession
         assert emu.log[0].status is None  # still held when the client gave up
         emu.hang_next(1, seconds=30)
         task = asyncio.create_task(session.get(f"{emu.url}/v2/"))
-        await asyncio.sleep(0.1)
+        await wait_until_async(lambda: not emu._pending, 10, what="the request to be held")
         start = time.monotonic()
     # Stopping hangs up on held requests instead of waiting for them.
     assert time.monotonic() - start < 2

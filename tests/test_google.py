@@ -408,8 +408,10 @@ async def test_adc_tokens_cached_refreshed_before_expiry_never_logged(
     settings = EmulatorSettings(
         mode=mode,  # type: ignore[arg-type]
         metadata=True,
-        metadata_token_ttl=5,  # refreshed 1.25 s before expiry (a quarter of its life)
-        token_ttl=3.0,  # registry bearer token: replaced 1.5 s before expiry
+        # Lives long enough that a loaded machine's slow first cycle leaves the tokens of
+        # cycle 1 fresh for cycle 2 (they are due 3 s and 7.5 s after they were fetched).
+        metadata_token_ttl=10,  # refreshed 2.5 s before expiry (a quarter of its life)
+        token_ttl=6.0,  # registry bearer token: replaced 3 s before expiry (half its life)
         access_tokens=set(),  # only what the metadata server issued opens the registry
     )
     async with GoogleRegistryEmulator(settings) as emu:
@@ -425,8 +427,9 @@ async def test_adc_tokens_cached_refreshed_before_expiry_never_logged(
             # Every token of cycle 1 was fetched before `end`: cycle 2 at once, cycle 3
             # once the registry tokens are due, cycle 4 once the access token is.
             end = 0.0
-            for start in (0.0, 0.0, 1.6, 3.9):
+            for start in (0.0, 0.0, 3.2, 7.8):
                 if start:
+                    # Scheduled: the tokens' ages at each cycle are the behaviour under test.
                     await asyncio.sleep(max(0.0, end + start - time.monotonic()))
                 mark = len(emu.log)
                 report = await watcher.cycle()
@@ -448,7 +451,7 @@ async def test_adc_tokens_cached_refreshed_before_expiry_never_logged(
     assert emu.count("tags_list", status=401) == 1
     # 2: both tokens cached.
     assert cycles[1] == {"tags_list": 2}
-    # 3: registry tokens due (3 s life), the access token (5 s life) still fresh.
+    # 3: registry tokens due (6 s life), the access token (10 s life) still fresh.
     assert cycles[2] == {"token": 2, "tags_list": 2}
     # 4: the access token within its last quarter: refreshed before use, never sent stale.
     assert cycles[3] == {"metadata": 2, "token": 2, "tags_list": 2}
@@ -490,7 +493,7 @@ async def test_adc_failure_skips_the_registry_not_the_cycle(
             assert emu.count("token") == 0
             assert {b: remote.head(b) for b in remote.branches()} == heads
             emu.clear_faults()
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # the remembered failure expiring is the behaviour
             report = await watcher.cycle()
             assert report.failed_images == {}
     assert remote.head("environment/b2c1") != heads["environment/b2c1"]
@@ -628,7 +631,7 @@ async def test_metadata_server_answers_as_google_auth_expects() -> None:
         auth = {"Authorization": f"Basic {basic}"}
         async with session.get(registry_token, headers=auth) as accepted:
             assert accepted.status == 200
-        await asyncio.sleep(1.05)
+        await asyncio.sleep(1.05)  # the access token's life passing is the behaviour
         async with session.get(registry_token, headers=auth) as expired:
             assert expired.status == 401
     assert [e.kind for e in emu.log] == ["metadata"] * 3 + ["token"] * 2

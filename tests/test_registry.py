@@ -870,7 +870,7 @@ async def test_timeout_is_retried(
         nonlocal calls
         calls += 1
         if calls == 1:
-            await asyncio.sleep(2)
+            await asyncio.sleep(2)  # a server slower than the client's timeout: the behaviour
         return manifest_response(body, head=True)
 
     app, _ = logging_app(handler)

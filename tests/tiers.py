@@ -5,8 +5,8 @@
 - ``integration``: real parts (redis-server, docker-registry, git remotes,
   ``python -m watcher`` subprocesses, the Google-registry emulator, promtool,
   the Helm SDK).
-- ``soak``: the long runs (the soak, the benchmark smoke runs);
-  ``pytest -m "not soak"`` is the everyday run.
+- ``soak``: the long runs (tests/test_soak.py, about a minute; nothing else
+  comes close); ``pytest -m "not soak"`` is the everyday run.
 
 A module whose tests share a tier says so once, ``pytestmark = pytest.mark.unit``;
 a module that mixes tiers marks each test. Collection stops with the list of
