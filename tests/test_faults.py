@@ -251,18 +251,26 @@ async def test_git_remote_that_hangs_is_timed_out_and_the_update_lands_later(
     images = 2
     async with setup(tmp_path, images, git_timeout=1.5) as (emu, remote, daemons):
         await reflected_within(remote, emu, images, SETTLE)
-        set_hook(remote, "sleep 30")
+        # The remote hangs the watcher's pushes, not the person's: the person's commit
+        # lands while the watcher's retries keep timing out, never racing one that
+        # the remote let through.
+        set_hook(
+            remote,
+            'while read old new ref; do\n'
+            '  [ "$(git log -1 --format=%an "$new")" = image-watcher ] && sleep 30\n'
+            "done\nexit 0",
+        )
         emu.push("proj/app0", "master")
         await wait_until_async(
             lambda: "timed out after 1.5s" in reasons(daemons),
             SETTLE,
             what="the push to start and be killed",
         )
-        set_hook(remote, None)
         text = remote.read("environment/a", "apps/app0/values.yaml")
         person = remote.commit(
             "environment/a", {"apps/app0/values.yaml": text + "replicaCount: 3\n"}, "scale up"
         )
+        set_hook(remote, None)
         waited = await reflected_within(remote, emu, images, 2 * INTERVAL + 1.5)
         events = [e for d in daemons for e in d.events()]
     assert waited <= 2 * INTERVAL + 1.5
