@@ -323,15 +323,18 @@ async def soak(
             config.write_text(daemons[0].config.read_text())
             for daemon in daemons:
                 daemon.start()
+            spawned = time.monotonic()
 
             def warm() -> bool:
                 seen = shasums(remote, branches, names)
                 return all(digest == emu.resolve(n, "master") for (_, n), digest in seen.items())
 
-            # Warm: every block written once (on a loaded machine that takes a while).
+            # Warm: every block written once (on a loaded machine that takes a while),
+            # and the schedule starts no sooner than two intervals in, as it always did.
             await wait_until_async(
                 lambda: asyncio.to_thread(warm), WARM_WITHIN, interval=0.2, what="the first writes"
             )
+            await asyncio.sleep(max(0.0, spawned + 2 * interval - time.monotonic()))
             warm_rss = daemons[0].rss_kib() or 0
 
             def person(branch: str) -> None:
