@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -91,8 +92,7 @@ class Daemon:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "XDG_CACHE_HOME": str(self.workdir), **self.env},
-                # Its own process group: a SIGKILL of the group is a container kill
-                # (git children included), not just the Python process.
+                # Its own process group, so that ``kill`` can end it and all it started.
                 start_new_session=True,
             )
         self.starts += 1
@@ -101,9 +101,24 @@ class Daemon:
         return self.proc is not None and self.proc.poll() is None
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+        """SIGKILL as a container kill: the daemon and every process it started.
+
+        Killing its process group is not enough: the daemon runs each git command
+        that talks to the remote in a session of its own (so its timeout can end
+        git's helpers), and a push that outlived the daemon could still land
+        after the "crash". The tree is frozen first, so nothing starts between
+        looking for it and killing it.
+        """
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+        frozen: set[int] = set()
+        while found := set(_descendants(self.proc.pid)) - frozen:
+            _signal(found, signal.SIGSTOP)
+            frozen |= found
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        _signal(frozen, signal.SIGKILL)
+        self.proc.wait(5)
 
     async def terminate(self, timeout: float = 10.0) -> tuple[int | None, float]:  # noqa: ASYNC109
         """SIGTERM; (exit code or None if it had to be killed, seconds it took)."""
@@ -144,6 +159,32 @@ class Daemon:
             if isinstance(event, dict):
                 out.append(event)
         return out
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process below ``pid``, from /proc (children, theirs, and so on)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])  # "pid (comm) state ppid ..."
+        children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _signal(pids: set[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
 
 
 def config_text(
