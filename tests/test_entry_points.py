@@ -32,6 +32,8 @@ from tests.conftest import RedisServer, free_port
 from watcher.cli import main
 from watcher_testing.services import make_tls
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
