@@ -4,6 +4,10 @@ Each task takes a grant from one RedisBudget, then sends a real request to the r
 emulator the test runs. At the end it prints one JSON object on stdout: every send (time
 on the host-wide monotonic clock, the budget's mode, the HTTP status, the wait) and the
 budget's counters. Logs go to stderr.
+
+Start: once set up it prints ``ready`` and reads the start time (host-wide monotonic
+clock) from stdin, so every replica starts at the same instant however slowly each
+one imported its modules.
 """
 
 from __future__ import annotations
@@ -38,14 +42,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     sends: list[tuple[float, str, int, float]] = []
     modes: set[str] = set()
     paused_at: float | None = None
-    end = args.start_at + args.duration
+    print("ready", flush=True)
+    start_at = float(await asyncio.to_thread(sys.stdin.readline))
+    end = start_at + args.duration
 
     async def task(index: int, session: aiohttp.ClientSession) -> None:
         nonlocal paused_at
         gap = args.gap[index % len(args.gap)] if args.gap else 0.0
         while True:
             if gap:
-                await asyncio.sleep(gap)
+                await asyncio.sleep(gap)  # the caller's pace: spacing is the demand under test
             try:
                 # Cancelled at the end: also exercises giving a reservation back.
                 async with asyncio.timeout(end - time.monotonic()):
@@ -58,7 +64,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             async with session.get(f"{args.emulator}/v2/") as response:
                 await response.read()
                 sends.append((now, mode, response.status, waited))
-            pause_at = args.start_at + (args.pause_at if args.pause_at is not None else 1e9)
+            pause_at = start_at + (args.pause_at if args.pause_at is not None else 1e9)
             if paused_at is None and index == 0 and now >= pause_at:
                 await budget.pause(args.pause_seconds)
                 paused_at = time.monotonic()
@@ -79,7 +85,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         os._exit(3)
 
     guard = asyncio.ensure_future(watchdog())
-    await asyncio.sleep(max(0.0, args.start_at - time.monotonic()))
+    # Every replica starts at the same instant: the start is a time, not an event.
+    await asyncio.sleep(max(0.0, start_at - time.monotonic()))
     async with aiohttp.ClientSession() as session:
         await asyncio.gather(*(task(i, session) for i in range(args.tasks)))
     guard.cancel()
@@ -108,7 +115,6 @@ def main() -> None:
     parser.add_argument("--headroom", type=float, default=0.0)
     parser.add_argument("--tasks", type=int, default=4)
     parser.add_argument("--gap", type=float, action="append", default=[])
-    parser.add_argument("--start-at", type=float, required=True)
     parser.add_argument("--duration", type=float, required=True)
     parser.add_argument("--timeout", type=float, default=0.2)
     parser.add_argument("--probe", type=float, default=0.3)

@@ -13,6 +13,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+# The tier rules: the collection check and the unit tier's purity guard.
+from tests.tiers import (  # noqa: F401
+    _unit_tests_stay_pure,
+    pytest_collection_modifyitems,
+    pytest_configure,
+)
+
 # The local services are the product's own runners (the demo and the
 # benchmarks use them too); tests import them from here as well.
 from watcher.config import Config, load_text

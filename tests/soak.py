@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -38,9 +39,11 @@ from pathlib import Path
 from tests.conftest import GitRemote, RedisServer, free_port, git, make_remote
 from watcher.tuning import THROTTLE_FIRST
 from watcher_testing.emulator import EmulatorSettings, GoogleRegistryEmulator
+from watcher_testing.waiting import wait_until_async
 
 WINDOW = 10.0
 QUOTA = 300
+WARM_WITHIN = 60.0  # seconds the daemons may take to write every block once
 CAP = 285  # 5% headroom
 
 FAULTS = (
@@ -89,8 +92,7 @@ class Daemon:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "XDG_CACHE_HOME": str(self.workdir), **self.env},
-                # Its own process group: a SIGKILL of the group is a container kill
-                # (git children included), not just the Python process.
+                # Its own process group, so that ``kill`` can end it and all it started.
                 start_new_session=True,
             )
         self.starts += 1
@@ -99,9 +101,24 @@ class Daemon:
         return self.proc is not None and self.proc.poll() is None
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+        """SIGKILL as a container kill: the daemon and every process it started.
+
+        Killing its process group is not enough: the daemon runs each git command
+        that talks to the remote in a session of its own (so its timeout can end
+        git's helpers), and a push that outlived the daemon could still land
+        after the "crash". The tree is frozen first, so nothing starts between
+        looking for it and killing it.
+        """
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+        frozen: set[int] = set()
+        while found := set(_descendants(self.proc.pid)) - frozen:
+            _signal(found, signal.SIGSTOP)
+            frozen |= found
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        _signal(frozen, signal.SIGKILL)
+        self.proc.wait(5)
 
     async def terminate(self, timeout: float = 10.0) -> tuple[int | None, float]:  # noqa: ASYNC109
         """SIGTERM; (exit code or None if it had to be killed, seconds it took)."""
@@ -142,6 +159,32 @@ class Daemon:
             if isinstance(event, dict):
                 out.append(event)
         return out
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process below ``pid``, from /proc (children, theirs, and so on)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])  # "pid (comm) state ppid ..."
+        children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _signal(pids: set[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
 
 
 def config_text(
@@ -321,7 +364,18 @@ async def soak(
             config.write_text(daemons[0].config.read_text())
             for daemon in daemons:
                 daemon.start()
-            await asyncio.sleep(2 * interval)
+            spawned = time.monotonic()
+
+            def warm() -> bool:
+                seen = shasums(remote, branches, names)
+                return all(digest == emu.resolve(n, "master") for (_, n), digest in seen.items())
+
+            # Warm: every block written once (on a loaded machine that takes a while),
+            # and the schedule starts no sooner than two intervals in, as it always did.
+            await wait_until_async(
+                lambda: asyncio.to_thread(warm), WARM_WITHIN, interval=0.2, what="the first writes"
+            )
+            await asyncio.sleep(max(0.0, spawned + 2 * interval - time.monotonic()))
             warm_rss = daemons[0].rss_kib() or 0
 
             def person(branch: str) -> None:
@@ -371,11 +425,12 @@ async def soak(
                         d.start()
                 rest = interval - (time.monotonic() - began)
                 if rest > 0:
-                    await asyncio.sleep(rest)
+                    await asyncio.sleep(rest)  # one fault per interval: the soak's pace
             emu.clear_faults()
             set_hook(remote, None)
             # A fault has cleared once the pause it asked for is over: a 429 without
-            # Retry-After holds the budget for THROTTLE_FIRST seconds by design.
+            # Retry-After holds the budget for THROTTLE_FIRST seconds by design. That
+            # pause passing is the behaviour, so this is a sleep.
             await asyncio.sleep(max(THROTTLE_FIRST, interval))
             for d in daemons:
                 if not d.alive():
@@ -393,7 +448,7 @@ async def soak(
                 for key in keys:
                     if key not in arrived and seen[key] == moved[key[1]]:
                         arrived[key] = now - moved_at
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1)  # sampling: each arrival is timed, late ones too
             report.moved_tags_not_reflected = sum(
                 1 for key in keys if arrived.get(key, float("inf")) > 2 * interval
             )
@@ -440,7 +495,10 @@ async def inject(
     interval: float,
     report: SoakReport,
 ) -> None:
-    """Inject one fault; return once it has cleared (faults do not overlap)."""
+    """Inject one fault; return once it has cleared (faults do not overlap).
+
+    The sleeps here are each fault's length: how long it lasts is the scenario.
+    """
     if fault == "registry_5xx":
         emu.fail_next(rng.randint(3, 12), status=rng.choice([500, 502, 503]))
     elif fault == "registry_timeout":

@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.helm_support import CHART, objects, one, require_binary
@@ -44,6 +45,7 @@ def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.integration
 def test_rendered_rules_pass_promtool_check(tmp_path: Path) -> None:
     groups = rendered_groups()
     assert {r["alert"] for g in groups for r in g["rules"]} == ALERTS
@@ -53,6 +55,7 @@ def test_rendered_rules_pass_promtool_check(tmp_path: Path) -> None:
     assert "SUCCESS: 5 rules found" in result.stdout
 
 
+@pytest.mark.integration
 def test_every_alert_fires_and_stays_quiet(tmp_path: Path) -> None:
     groups = rendered_groups()
     for group in groups:
@@ -73,6 +76,7 @@ def test_every_alert_fires_and_stays_quiet(tmp_path: Path) -> None:
     assert firing == ALERTS and quiet == ALERTS
 
 
+@pytest.mark.integration
 def test_the_tests_would_catch_a_broken_rule(tmp_path: Path) -> None:
     """Loosen one threshold: promtool must then fail (the tests have teeth)."""
     groups = rendered_groups()
@@ -88,6 +92,7 @@ def test_the_tests_would_catch_a_broken_rule(tmp_path: Path) -> None:
     assert "ImageWatcherNoRecentCycle" in result.stdout + result.stderr
 
 
+@pytest.mark.integration
 def test_limits_follow_the_interval_and_shard_count() -> None:
     groups = rendered_groups({"shards": {"interval": "90s", "shards": 8}})
     rules = {r["alert"]: r for g in groups for r in g["rules"]}
@@ -98,6 +103,7 @@ def test_limits_follow_the_interval_and_shard_count() -> None:
     assert rules["ImageWatcherBudgetNearlyUsed"]["for"] == "10m"
 
 
+@pytest.mark.unit
 def test_rules_file_is_the_single_source() -> None:
     source = (CHART / "rules" / "image-watcher.rules.yaml").read_text(encoding="utf-8")
     for alert in ALERTS:

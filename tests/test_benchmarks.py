@@ -16,7 +16,7 @@ import pytest
 from benchmarks import gitpath, report
 from benchmarks.scenarios import SCENARIOS, Options
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 
 def run(name: str, tmp_path: Path) -> dict[str, Any]:

@@ -3,9 +3,13 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from watcher.budget.local import LocalBudget
 from watcher.config import Limit
 from watcher.tuning import SEND_MARGIN
+
+pytestmark = pytest.mark.unit
 
 
 def max_in_window(times: list[float], window: float) -> int:
@@ -57,6 +61,6 @@ async def test_grants_in_arrival_order() -> None:
     tasks = []
     for i in range(6):
         tasks.append(asyncio.create_task(take(i)))
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # each caller queues before the next exists: arrival order
     await asyncio.gather(*tasks)
     assert order == list(range(6))

@@ -23,6 +23,8 @@ from tests.helm_support import (
 )
 from watcher import config
 
+pytestmark = pytest.mark.integration
+
 KUBE_VERSION = "1.31.0"
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 VALUE_SETS = {"default": {}, "full": FULL_VALUES}

@@ -12,6 +12,8 @@ import structlog
 from tests.conftest import make_remote
 from watcher.cli import main
 
+pytestmark = pytest.mark.integration
+
 VALUES = """\
 good:
   repository: eu.gcr.io/p/api

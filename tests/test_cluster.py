@@ -38,6 +38,8 @@ from watcher.config import Limit, RedisConfig
 from watcher.registry.cache import SharedCache
 from watcher_testing.services import CLUSTER_PORT_LIMIT, RedisClusterNodes
 
+pytestmark = pytest.mark.integration
+
 # What must never reach a log: the cluster's redirections and slot errors, a
 # cluster the client could not reach, a traceback.
 FORBIDDEN = (
@@ -186,7 +188,7 @@ async def test_replicas_on_a_cluster_hold_the_cap(
 ) -> None:
     """40 images at a 1 s interval want 400 listings per 10 s window; the cap is 190."""
     async with emulator(40) as emu:
-        config = write_config(tmp_path, emu, redis_cluster, 40, shards=6)
+        config, _ = write_config(tmp_path, emu, redis_cluster, 40, shards=6)
         async with replicas(tmp_path, config, 3):
             await asyncio.sleep(18)
         log = list(emu.log)

@@ -14,6 +14,8 @@ from watcher.references import canonical_name
 from watcher.reports import budget_report, shards_report
 from watcher.strategies import parse_policy
 
+pytestmark = pytest.mark.unit
+
 CONFIG = load_text(
     """
 shards: 4

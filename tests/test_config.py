@@ -19,6 +19,7 @@ def problems(text: str, environ: dict[str, str] | None = None) -> list[str]:
     return info.value.problems
 
 
+@pytest.mark.unit
 def test_example_shards_yaml_is_valid() -> None:
     config = load(ROOT / "shards.yaml", environ={})
     assert config.shards >= 1
@@ -26,6 +27,7 @@ def test_example_shards_yaml_is_valid() -> None:
     assert all(r.limit in config.limits for r in config.registries)
 
 
+@pytest.mark.unit
 def test_minimal_config_takes_defaults() -> None:
     config = load_text("git: {url: file:///srv/gitops.git}\n", "s.yaml", {})
     assert config.shards == 16
@@ -43,6 +45,7 @@ def test_minimal_config_takes_defaults() -> None:
     assert config.limit_for(registry).name == DEFAULT_LIMIT
 
 
+@pytest.mark.unit
 def test_full_config() -> None:
     config = load_text(
         """
@@ -80,6 +83,7 @@ server: {port: 9090}
     assert config.server.port == 9090
 
 
+@pytest.mark.unit
 def test_environment_overrides() -> None:
     config = load_text(
         "git: {url: a}\nredis: {url: redis://x}\n",
@@ -91,6 +95,9 @@ def test_environment_overrides() -> None:
     assert load_text("shards: 2\n", "s.yaml", {"WATCHER_GIT_URL": "/g"}).git.url == "/g"
 
 
+@pytest.mark.unit
+@pytest.mark.unit
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -158,23 +165,27 @@ def test_bad_config_names_file_line_and_key(text: str, expected: str) -> None:
     assert any(p.startswith(expected) for p in found), found
 
 
+@pytest.mark.unit
 def test_every_problem_reported_at_once() -> None:
     found = problems("git: {url: a}\nshards: -1\ninterval: x\nbogus: 1\n")
     assert len(found) == 3
 
 
+@pytest.mark.unit
 def test_unquoted_off_is_the_off_strategy() -> None:
     assert (
         load_text("git: {url: a}\ndefaults: {strategy: off}\n", "s", {}).defaults.strategy == "off"
     )
 
 
+@pytest.mark.unit
 def test_config_is_frozen() -> None:
     config = load_text("git: {url: a}\n", "s", {})
     with pytest.raises(AttributeError):
         config.shards = 3  # type: ignore[misc]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("text", "seconds"), [("90s", 90), ("2m", 120), ("10m", 600), ("1h", 3600), ("500ms", 0.5)]
 )
@@ -182,12 +193,14 @@ def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("text", ["", "10", "m", "-1s", "0s", "1d", "1.5.2m"])
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
 
 
+@pytest.mark.unit
 def test_shares() -> None:
     assert parse_share("5%") == 0.05
     assert parse_share("0%") == 0
@@ -196,6 +209,7 @@ def test_shares() -> None:
             parse_share(bad)
 
 
+@pytest.mark.integration
 def test_check_command_exits_2_with_file_line_key(tmp_path: Path) -> None:
     bad = tmp_path / "shards.yaml"
     bad.write_text("git: {url: a}\nshards: many\n")
@@ -209,6 +223,7 @@ def test_check_command_exits_2_with_file_line_key(tmp_path: Path) -> None:
     assert f"{bad}:2: shards: must be an integer" in result.stderr
 
 
+@pytest.mark.integration
 def test_missing_file_exits_2(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "watcher", "once", "--config", str(tmp_path / "nope.yaml")],
@@ -219,6 +234,7 @@ def test_missing_file_exits_2(tmp_path: Path) -> None:
     assert "cannot read" in result.stderr
 
 
+@pytest.mark.unit
 def test_every_key_a_section_reads_is_a_field_of_its_dataclass() -> None:
     """One source for every default: each converter names a field whose default it falls
     back on, and every setting an SRE can write has a converter."""
@@ -248,6 +264,7 @@ def test_every_key_a_section_reads_is_a_field_of_its_dataclass() -> None:
 SECRET = "hunter2-in-the-url"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("redis", "expected"),
     [
@@ -298,6 +315,7 @@ def test_bad_redis_settings(redis: str, expected: str) -> None:
     assert all(SECRET not in p for p in found), found
 
 
+@pytest.mark.unit
 def test_a_ca_file_needs_a_tls_url(tmp_path: Path) -> None:
     ca = make_tls(tmp_path).ca
     text = f'git: {{url: a}}\nredis:\n  url: "redis://r:6379/0"\n  ca_file: "{ca}"\n'
@@ -309,6 +327,7 @@ def test_a_ca_file_needs_a_tls_url(tmp_path: Path) -> None:
     assert config.redis.url == "rediss://r:6379/0"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "url",
     [
@@ -330,17 +349,20 @@ def test_good_redis_urls(url: str) -> None:
     assert config.redis.cluster is False and config.redis.ca_file == ""
 
 
+@pytest.mark.unit
 def test_redis_cluster_key() -> None:
     text = 'git: {url: a}\nredis: {url: "redis://node-1:6379/0", cluster: true}\n'
     assert load_text(text, "s.yaml", {}).redis.cluster is True
 
 
+@pytest.mark.unit
 def test_the_password_stays_out_of_the_configs_repr() -> None:
     config = load_text(f'git: {{url: a}}\nredis: {{url: "redis://:{SECRET}@r/0"}}\n', "s", {})
     assert SECRET not in repr(config)
     assert SECRET not in repr(config.redis)
 
 
+@pytest.mark.unit
 def test_watcher_redis_url_is_checked_and_named() -> None:
     found = problems("git: {url: a}\n", {"WATCHER_REDIS_URL": f"watcher:{SECRET}@redis:6379"})
     assert found == [
@@ -362,6 +384,7 @@ def test_watcher_redis_url_is_checked_and_named() -> None:
     assert found == [f"shards.yaml:3: redis.url (from WATCHER_REDIS_URL): {why}"]
 
 
+@pytest.mark.integration
 def test_check_refuses_a_redis_url_without_a_scheme(tmp_path: Path) -> None:
     """It passed `watcher check` and then ended `watcher run` in a traceback."""
     bad = tmp_path / "shards.yaml"

@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.helm_support import CHART, load_generator, require_binary
@@ -36,6 +37,7 @@ def exported_series() -> set[str]:
     return names
 
 
+@pytest.mark.unit
 def test_committed_json_is_up_to_date() -> None:
     generator = load_generator()
     assert COMMITTED.read_text(encoding="utf-8") == generator.render(), (
@@ -45,6 +47,7 @@ def test_committed_json_is_up_to_date() -> None:
     assert generator.main(["--check"]) == 0
 
 
+@pytest.mark.unit
 def test_check_mode_notices_a_stale_file(tmp_path: Path) -> None:
     generator = load_generator()
     stale = tmp_path / "image-watcher.json"
@@ -52,6 +55,7 @@ def test_check_mode_notices_a_stale_file(tmp_path: Path) -> None:
     assert generator.main(["--check", "--output", str(stale)]) == 1
 
 
+@pytest.mark.unit
 def test_json_carries_exactly_the_listed_queries() -> None:
     generator = load_generator()
     board = json.loads(COMMITTED.read_text(encoding="utf-8"))
@@ -70,6 +74,7 @@ def test_json_carries_exactly_the_listed_queries() -> None:
     assert variables["job"]["query"] == "label_values(image_watcher_image_blocks, job)"
 
 
+@pytest.mark.unit
 def test_panels_cover_what_an_sre_watches() -> None:
     generator = load_generator()
     queries: dict[str, list[str]] = {}
@@ -96,6 +101,7 @@ def test_panels_cover_what_an_sre_watches() -> None:
     assert "by (registry, code)" in queries["Requests by registry and code"][0]
 
 
+@pytest.mark.unit
 def test_every_query_uses_only_exported_metrics() -> None:
     generator = load_generator()
     exported = exported_series()
@@ -106,6 +112,7 @@ def test_every_query_uses_only_exported_metrics() -> None:
         assert 'job=~"$job"' in expr, f"{title}: not scoped to the $job variable"
 
 
+@pytest.mark.integration
 def test_every_query_is_valid_promql(tmp_path: Path) -> None:
     """promtool parses each query (Grafana's variables replaced by what Grafana sends)."""
     binary = require_binary("promtool", "prometheus")

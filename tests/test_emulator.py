@@ -30,6 +30,7 @@ from watcher_testing.emulator import (
     GoogleRegistryEmulator,
     max_in_window,
 )
+from watcher_testing.waiting import wait_until_async
 
 # Copies of the shapes in shared/fixtures: real responses of the Google registries.
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -76,6 +77,7 @@ async def get_json(session: aiohttp.ClientSession, url: str) -> tuple[Any, aioht
 # -- auth -----------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 async def test_ping_challenge_gcr(session: aiohttp.ClientSession) -> None:
     async with open_emulator(mode="gcr") as emu, session.get(f"{emu.url}/v2/") as resp:
         assert resp.status == 401
@@ -86,6 +88,7 @@ async def test_ping_challenge_gcr(session: aiohttp.ClientSession) -> None:
         assert body["errors"][0]["code"] == "UNAUTHORIZED"
 
 
+@pytest.mark.integration
 async def test_repository_challenge_carries_scope_and_artifact_omits_service(
     session: aiohttp.ClientSession,
 ) -> None:
@@ -107,6 +110,7 @@ async def test_repository_challenge_carries_scope_and_artifact_omits_service(
         )
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("user", ["oauth2accesstoken", "_token"])
 async def test_token_flow(session: aiohttp.ClientSession, user: str) -> None:
     async with open_emulator(token_ttl=120) as emu:
@@ -132,6 +136,7 @@ async def test_token_flow(session: aiohttp.ClientSession, user: str) -> None:
         assert emu.count("token") == 1
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("user", "password"),
     [("oauth2accesstoken", "wrong"), ("someone", DEFAULT_ACCESS_TOKEN)],
@@ -151,6 +156,7 @@ async def test_bad_credentials_are_refused(
         assert emu.log[-1].status == 401
 
 
+@pytest.mark.integration
 async def test_anonymous_token_only_when_auth_not_required(
     session: aiohttp.ClientSession,
 ) -> None:
@@ -168,6 +174,7 @@ async def test_anonymous_token_only_when_auth_not_required(
             assert resp.status == 200
 
 
+@pytest.mark.integration
 async def test_anonymous_mode_serves_requests_without_token(
     session: aiohttp.ClientSession,
 ) -> None:
@@ -185,6 +192,7 @@ async def test_anonymous_mode_serves_requests_without_token(
             assert resp.status == 401
 
 
+@pytest.mark.integration
 async def test_token_expires(session: aiohttp.ClientSession) -> None:
     async with open_emulator(token_ttl=0.5) as emu:
         emu.push("proj/app", "master")
@@ -193,12 +201,13 @@ async def test_token_expires(session: aiohttp.ClientSession) -> None:
         url = f"{emu.url}/v2/proj/app/tags/list"
         async with session.get(url, headers=auth) as resp:
             assert resp.status == 200
-        await asyncio.sleep(0.6)
+        await asyncio.sleep(0.6)  # the token's life passing is the behaviour under test
         async with session.get(url, headers=auth) as resp:
             assert resp.status == 401
             assert 'scope="repository:proj/app:pull"' in resp.headers["WWW-Authenticate"]
 
 
+@pytest.mark.integration
 async def test_token_is_scoped_to_its_repository(session: aiohttp.ClientSession) -> None:
     async with open_emulator() as emu:
         emu.push("proj/a", "master")
@@ -222,6 +231,7 @@ async def test_token_is_scoped_to_its_repository(session: aiohttp.ClientSession)
 # -- tags/list --------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("mode", "fixture"),
     [("gcr", "gcr-tags-list.json"), ("artifact", "artifact-registry-tags-list.json")],
@@ -260,6 +270,7 @@ async def test_tags_list_shape_matches_fixture(
     assert body["manifest"][untagged]["tag"] == []
 
 
+@pytest.mark.integration
 async def test_tags_list_children_and_unknown_names(session: aiohttp.ClientSession) -> None:
     async with open_emulator(auth_required=False) as emu:
         emu.push("proj/app", "master")
@@ -277,6 +288,7 @@ async def test_tags_list_children_and_unknown_names(session: aiohttp.ClientSessi
             assert (await resp.json())["errors"][0]["code"] == "NAME_UNKNOWN"
 
 
+@pytest.mark.integration
 async def test_pagination_follows_relative_link(session: aiohttp.ClientSession) -> None:
     async with open_emulator(auth_required=False) as emu:
         shared = emu.push("proj/app", "b")
@@ -314,6 +326,7 @@ async def test_pagination_follows_relative_link(session: aiohttp.ClientSession) 
     assert all(untagged not in p["manifest"] for p in pages[1:])
 
 
+@pytest.mark.integration
 async def test_page_size_max_caps_n_and_default_pages(session: aiohttp.ClientSession) -> None:
     async with open_emulator(auth_required=False, page_size_max=2) as emu:
         for tag in ("a", "b", "c"):
@@ -331,6 +344,7 @@ async def test_page_size_max_caps_n_and_default_pages(session: aiohttp.ClientSes
             assert (await bad.json())["errors"][0]["code"] == "PAGINATION_NUMBER_INVALID"
 
 
+@pytest.mark.integration
 async def test_manifest_paging_full_sends_whole_map(session: aiohttp.ClientSession) -> None:
     async with open_emulator(auth_required=False, manifest_paging="full") as emu:
         digests = {emu.push("proj/app", tag) for tag in ("a", "b", "c")}
@@ -342,6 +356,7 @@ async def test_manifest_paging_full_sends_whole_map(session: aiohttp.ClientSessi
 # -- manifests and blobs ------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("kind", "media_type"),
     [
@@ -388,6 +403,7 @@ async def test_manifest_head_and_get(
         assert [e.kind for e in emu.log][:2] == ["manifest_head", "manifest_get"]
 
 
+@pytest.mark.integration
 async def test_index_served_whatever_accept_unless_strict(session: aiohttp.ClientSession) -> None:
     plain = {"Accept": DOCKER_MANIFEST}
     async with open_emulator(auth_required=False) as emu:
@@ -412,6 +428,7 @@ async def test_index_served_whatever_accept_unless_strict(session: aiohttp.Clien
             assert resp.headers["Content-Type"] == OCI_INDEX
 
 
+@pytest.mark.integration
 async def test_not_found_shapes(session: aiohttp.ClientSession) -> None:
     async with open_emulator(auth_required=False) as emu:
         emu.push("proj/app", "master")
@@ -434,6 +451,7 @@ async def test_not_found_shapes(session: aiohttp.ClientSession) -> None:
             assert resp.status == 404
 
 
+@pytest.mark.integration
 async def test_config_blob_carries_created(session: aiohttp.ClientSession) -> None:
     created = datetime(2021, 3, 4, 5, 6, 7, tzinfo=UTC)
     async with open_emulator(auth_required=False) as emu:
@@ -453,6 +471,7 @@ async def test_config_blob_carries_created(session: aiohttp.ClientSession) -> No
 # -- images changed in-process ------------------------------------------------------------------
 
 
+@pytest.mark.integration
 async def test_push_retag_untag_delete_visible(session: aiohttp.ClientSession) -> None:
     url_tail = "/v2/proj/app/tags/list"
     async with open_emulator(auth_required=False) as emu:
@@ -501,6 +520,7 @@ async def test_push_retag_untag_delete_visible(session: aiohttp.ClientSession) -
 # -- quota and the request log ----------------------------------------------------------------
 
 
+@pytest.mark.integration
 async def test_quota_429_without_retry_after(session: aiohttp.ClientSession) -> None:
     async with open_emulator(quota_requests=3, quota_window=60) as emu:
         emu.push("proj/app", "master")
@@ -526,6 +546,7 @@ async def test_quota_429_without_retry_after(session: aiohttp.ClientSession) -> 
         assert emu.count("tags_list", "proj/app") == 4
 
 
+@pytest.mark.integration
 async def test_quota_429_with_retry_after_and_window_slides(
     session: aiohttp.ClientSession,
 ) -> None:
@@ -539,12 +560,13 @@ async def test_quota_429_with_retry_after_and_window_slides(
                 text = await resp.text()
         assert resp.headers["Retry-After"] == "2"
         assert text == "Quota Exceeded."
-        await asyncio.sleep(0.55)
+        await asyncio.sleep(0.55)  # the window sliding past is the behaviour under test
         async with session.get(url) as resp:
             assert resp.status == 200
         assert emu.count("ping", status=429) == 1
 
 
+@pytest.mark.integration
 async def test_quota_is_per_client_ip(session: aiohttp.ClientSession) -> None:
     async with open_emulator(auth_required=False, quota_requests=1, quota_window=60) as emu:
         async with session.get(f"{emu.url}/v2/") as resp:
@@ -561,6 +583,7 @@ async def test_quota_is_per_client_ip(session: aiohttp.ClientSession) -> None:
         assert emu.max_in_window(60, client="127.0.0.2") == 1
 
 
+@pytest.mark.integration
 async def test_quota_counting_rejected_requests_keeps_client_locked_out(
     session: aiohttp.ClientSession,
 ) -> None:
@@ -571,11 +594,12 @@ async def test_quota_counting_rejected_requests_keeps_client_locked_out(
         for _ in range(8):
             async with session.get(f"{emu.url}/v2/") as resp:
                 statuses.append(resp.status)
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # spacing: requests keep coming within each window
         assert statuses[:2] == [200, 200]
         assert statuses[3:] == [429] * 5
 
 
+@pytest.mark.unit
 def test_max_in_window_function() -> None:
     times = [0.0, 0.1, 0.2, 1.0, 1.05, 1.1, 1.15]
     assert max_in_window(times, 0.5) == 4
@@ -590,6 +614,7 @@ def test_max_in_window_function() -> None:
         assert max_in_window(rng.sample(sample, len(sample)), window) == brute
 
 
+@pytest.mark.integration
 async def test_log_records_kinds_and_max_in_window(session: aiohttp.ClientSession) -> None:
     async with open_emulator() as emu:
         emu.push("proj/app", "master", kind="docker")
@@ -634,6 +659,7 @@ async def test_log_records_kinds_and_max_in_window(session: aiohttp.ClientSessio
 # -- faults -----------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 async def test_fault_latency(session: aiohttp.ClientSession) -> None:
     async with open_emulator(auth_required=False) as emu:
         emu.faults.latency = 0.3
@@ -648,6 +674,7 @@ async def test_fault_latency(session: aiohttp.ClientSession) -> None:
         assert time.monotonic() - start < 0.3
 
 
+@pytest.mark.integration
 async def test_fault_fail_next_burst(session: aiohttp.ClientSession) -> None:
     async with open_emulator(auth_required=False, retry_after=3) as emu:
         emu.push("proj/app", "master")
@@ -678,6 +705,7 @@ async def test_fault_fail_next_burst(session: aiohttp.ClientSession) -> None:
         assert emu.count("tags_list", status=503) == 2
 
 
+@pytest.mark.integration
 async def test_fault_hang_outlasts_client_timeout(session: aiohttp.ClientSession) -> None:
     async with open_emulator(auth_required=False) as emu:
         emu.hang_next(1, seconds=30)
@@ -691,7 +719,7 @@ async def test_fault_hang_outlasts_client_timeout(session: aiohttp.ClientSession
         assert emu.log[0].status is None  # still held when the client gave up
         emu.hang_next(1, seconds=30)
         task = asyncio.create_task(session.get(f"{emu.url}/v2/"))
-        await asyncio.sleep(0.1)
+        await wait_until_async(lambda: not emu._pending, 10, what="the request to be held")
         start = time.monotonic()
     # Stopping hangs up on held requests instead of waiting for them.
     assert time.monotonic() - start < 2
@@ -699,6 +727,7 @@ async def test_fault_hang_outlasts_client_timeout(session: aiohttp.ClientSession
         await task
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("how", ["truncated", "garbage"])
 async def test_fault_malformed_tags_list(session: aiohttp.ClientSession, how: Any) -> None:
     async with open_emulator(auth_required=False) as emu:
@@ -720,6 +749,7 @@ async def test_fault_malformed_tags_list(session: aiohttp.ClientSession, how: An
         assert body["tags"] == ["master"]
 
 
+@pytest.mark.integration
 async def test_fault_drop_connection(session: aiohttp.ClientSession) -> None:
     async with open_emulator(auth_required=False) as emu:
         url = f"{emu.url}/v2/"
@@ -739,6 +769,7 @@ async def test_fault_drop_connection(session: aiohttp.ClientSession) -> None:
 # -- standalone -------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 async def test_standalone_main_serves(session: aiohttp.ClientSession) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -772,6 +803,7 @@ async def test_standalone_main_serves(session: aiohttp.ClientSession) -> None:
         assert await asyncio.wait_for(proc.wait(), 10) == 0
 
 
+@pytest.mark.integration
 async def test_restart_keeps_port_and_images(session: aiohttp.ClientSession) -> None:
     emu = open_emulator(auth_required=False)
     async with emu:

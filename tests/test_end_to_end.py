@@ -13,6 +13,8 @@ from watcher.config import Config
 from watcher.engine import Engine
 from watcher_testing.images import push_image
 
+pytestmark = pytest.mark.integration
+
 ZERO = "sha256:" + "0" * 64
 
 B2C1_API = """\

@@ -9,6 +9,7 @@ with a password, one serving TLS), the Google-registry emulator.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -33,6 +34,8 @@ from tests.cli_support import (
 from tests.conftest import RedisServer, free_port
 from watcher.cli import main
 from watcher_testing.services import make_tls
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
@@ -211,6 +214,18 @@ async def test_unusable_workdir(world: World, how: str) -> None:
     finally:
         if clone.is_dir():
             clone.chmod(0o755)
+
+
+async def test_git_not_installed(world: World, tmp_path: Path) -> None:
+    """A host without git (a slim image built wrong): one reason, not a traceback."""
+    config = world.write(world.config())
+    bare = tmp_path / "no-git-bin"  # the watcher runs as sys.executable, by its path
+    bare.mkdir()
+    env = {**os.environ, "PATH": str(bare)}
+    for command in ONE_SHOT:
+        out = await watcher([command, "--config", str(config)], env)
+        assert_clean(out, 1)
+        assert "git is not installed" in out.reasons[0], out.describe()
 
 
 @pytest.mark.parametrize("cluster", [False, True])

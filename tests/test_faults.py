@@ -16,11 +16,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import GitRemote, RedisServer, make_remote
 from tests.soak import CAP, QUOTA, WINDOW, Daemon, config_text, is_ancestor, set_hook, shasums
 from watcher_testing.emulator import EmulatorSettings, GoogleRegistryEmulator
+from watcher_testing.waiting import wait_until_async
+
+pytestmark = pytest.mark.integration
 
 INTERVAL = 1.0
+# The most a wait for the daemons to get going (or to meet a fault) may take: generous,
+# since it lasts only as long as it takes. The promises' own deadlines are below.
+SETTLE = 60.0
 
 
 @asynccontextmanager
@@ -79,15 +87,23 @@ async def reflected_within(
     remote: GitRemote, emu: GoogleRegistryEmulator, images: int, seconds: float
 ) -> float:
     """Seconds until every block shows its image's current digest; fails after ``seconds``."""
-    started = time.monotonic()
-    while True:
-        state = await asyncio.to_thread(current, remote, emu, images)
-        if all(state.values()):
-            return time.monotonic() - started
-        if time.monotonic() - started > seconds:
-            missing = sorted(k for k, ok in state.items() if not ok)
-            raise AssertionError(f"not reflected within {seconds}s: {missing}")
-        await asyncio.sleep(0.1)
+    state: dict[str, bool] = {}
+
+    async def reflected() -> bool:
+        state.update(await asyncio.to_thread(current, remote, emu, images))
+        return all(state.values())
+
+    return await wait_until_async(
+        reflected,
+        seconds,
+        interval=0.1,
+        what=lambda: f"every block: missing {sorted(k for k, ok in state.items() if not ok)}",
+    )
+
+
+def reasons(daemons: list[Daemon]) -> str:
+    """Every reason the daemons logged (skips, failures), in one string."""
+    return " ".join(str(e.get("reason")) for d in daemons for e in d.events())
 
 
 def tracebacks(daemons: list[Daemon]) -> list[str]:
@@ -112,7 +128,7 @@ async def test_registry_faults_do_not_crash_and_moves_land_within_two_intervals(
     """
     images = 4
     async with setup(tmp_path, images) as (emu, remote, daemons):
-        await reflected_within(remote, emu, images, 10)
+        await reflected_within(remote, emu, images, SETTLE)
         for inject in (
             lambda: emu.fail_next(12, status=503),
             lambda: emu.hang_next(3, seconds=2.5),  # client timeout 1 s
@@ -123,13 +139,9 @@ async def test_registry_faults_do_not_crash_and_moves_land_within_two_intervals(
         ):
             inject()
             emu.push("proj/app1", "master")
-            await asyncio.sleep(INTERVAL)
             # Each fault is met in full before the next: a fault still queued when
             # the faults are cleared would leave its kind untested.
-            deadline = time.monotonic() + 6 * INTERVAL
-            while emu._pending and time.monotonic() < deadline:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
-            assert not emu._pending, "a fault was never met"
+            await wait_until_async(lambda: not emu._pending, SETTLE, what="the fault to be met")
             assert all(d.alive() for d in daemons)
         emu.clear_faults()
         emu.push("proj/app2", "master")
@@ -158,10 +170,10 @@ async def test_429_storm_without_retry_after_backs_off_for_every_replica(
     with a shared, growing back-off, not a stream of retries; work resumes after it."""
     images = 6
     async with setup(tmp_path, images, redis=redis_server, replicas=3) as (emu, remote, _):
-        await asyncio.sleep(3)
+        await reflected_within(remote, emu, images, SETTLE)  # the daemons are at work
         emu.fail_next(None, status=429)
         storm = time.monotonic()
-        await asyncio.sleep(4)
+        await asyncio.sleep(4)  # the storm's length is the scenario
         emu.clear_faults()
         cleared = time.monotonic()
         emu.push("proj/app3", "master")
@@ -184,9 +196,9 @@ async def test_429_with_retry_after_under_a_storm_honours_each(tmp_path: Path) -
     """Promise: never over the quota — with Retry-After, each 429 pauses exactly that long."""
     images = 4
     async with setup(tmp_path, images, retry_after=2.0) as (emu, remote, _):
-        await asyncio.sleep(2)
+        await reflected_within(remote, emu, images, SETTLE)  # the daemon is at work
         emu.fail_next(None, status=429)
-        await asyncio.sleep(5)
+        await asyncio.sleep(5)  # the storm's length is the scenario
         emu.clear_faults()
         emu.push("proj/app0", "master")
         await reflected_within(remote, emu, images, 2 + 2 * INTERVAL)
@@ -207,7 +219,7 @@ async def test_redis_debug_sleep_keeps_the_cap_and_the_work(
     async with setup(
         tmp_path, images, redis=redis_server, replicas=3, quota_requests=QUOTA, quota_window=WINDOW
     ) as (emu, remote, daemons):
-        await asyncio.sleep(4)
+        await reflected_within(remote, emu, images, SETTLE)  # the daemons are at work
         slept = time.monotonic()
         await asyncio.to_thread(
             subprocess.run,
@@ -217,7 +229,7 @@ async def test_redis_debug_sleep_keeps_the_cap_and_the_work(
         )
         emu.push("proj/app5", "master")
         await reflected_within(remote, emu, images, 4 * INTERVAL)
-        await asyncio.sleep(2)
+        await asyncio.sleep(2)  # two more intervals under the cap, back on the shared log
         log = list(emu.log)
         events = [e for d in daemons for e in d.events()]
     assert emu.max_in_window(WINDOW) <= CAP
@@ -238,34 +250,44 @@ async def test_git_remote_that_hangs_is_timed_out_and_the_update_lands_later(
     """
     images = 2
     async with setup(tmp_path, images, git_timeout=1.5) as (emu, remote, daemons):
-        await reflected_within(remote, emu, images, 10)
-        set_hook(remote, "sleep 30")
+        await reflected_within(remote, emu, images, SETTLE)
+        # The remote hangs the watcher's pushes, not the person's: the person's commit
+        # lands while the watcher's retries keep timing out, never racing one that
+        # the remote let through.
+        set_hook(
+            remote,
+            'while read old new ref; do\n'
+            '  [ "$(git log -1 --format=%an "$new")" = image-watcher ] && sleep 30\n'
+            "done\nexit 0",
+        )
         emu.push("proj/app0", "master")
-        await asyncio.sleep(3)  # the push started and was killed
-        set_hook(remote, None)
+        await wait_until_async(
+            lambda: "timed out after 1.5s" in reasons(daemons),
+            SETTLE,
+            what="the push to start and be killed",
+        )
         text = remote.read("environment/a", "apps/app0/values.yaml")
         person = remote.commit(
             "environment/a", {"apps/app0/values.yaml": text + "replicaCount: 3\n"}, "scale up"
         )
+        set_hook(remote, None)
         waited = await reflected_within(remote, emu, images, 2 * INTERVAL + 1.5)
         events = [e for d in daemons for e in d.events()]
     assert waited <= 2 * INTERVAL + 1.5
     assert is_ancestor(remote, person, "environment/a")
     assert "replicaCount: 3" in remote.read("environment/a", "apps/app0/values.yaml")
-    reasons = " ".join(str(e.get("reason")) for e in events)
-    assert "timed out after 1.5s" in reasons
+    assert "timed out after 1.5s" in " ".join(str(e.get("reason")) for e in events)
 
 
 async def test_sigterm_during_a_slow_write_lets_it_finish(tmp_path: Path) -> None:
     """Promise: SIGTERM during a write — the write finishes and the process exits 0 in 10 s."""
     images = 1
     async with setup(tmp_path, images, git_timeout=20) as (emu, remote, daemons):
-        await reflected_within(remote, emu, images, 10)
+        await reflected_within(remote, emu, images, SETTLE)
         marker = tmp_path / "pushing"
         set_hook(remote, f"touch {marker}\nsleep 3")
         digest = emu.push("proj/app0", "master")
-        while not marker.exists():  # noqa: ASYNC110 - a file another process writes
-            await asyncio.sleep(0.05)
+        await wait_until_async(marker.exists, SETTLE, what="the push to reach the hook")
         code, seconds = await daemons[0].terminate()
     assert code == 0 and seconds < 10, (code, seconds)
     # The push in flight landed before the exit (on one branch at least: the other's
@@ -284,19 +306,18 @@ async def test_sigterm_during_a_hung_write_exits_within_ten_seconds(tmp_path: Pa
     next run."""
     images = 1
     async with setup(tmp_path, images, git_timeout=60) as (emu, remote, daemons):
-        await reflected_within(remote, emu, images, 10)
+        await reflected_within(remote, emu, images, SETTLE)
         heads = {b: remote.head(b) for b in ("environment/a", "environment/b")}
         marker = tmp_path / "pushing"
         set_hook(remote, f"touch {marker}\nsleep 60")
         emu.push("proj/app0", "master")
-        while not marker.exists():  # noqa: ASYNC110 - a file another process writes
-            await asyncio.sleep(0.05)
+        await wait_until_async(marker.exists, SETTLE, what="the push to reach the hook")
         code, seconds = await daemons[0].terminate()
         assert code == 0 and seconds < 10, (code, seconds)
         assert {b: remote.head(b) for b in heads} == heads
         set_hook(remote, None)
         daemons[0].start()  # the same clone
-        await reflected_within(remote, emu, images, 10)
+        await reflected_within(remote, emu, images, SETTLE)
 
 
 async def test_sigkill_mid_push_loses_nothing(tmp_path: Path) -> None:
@@ -309,12 +330,11 @@ async def test_sigkill_mid_push_loses_nothing(tmp_path: Path) -> None:
     """
     images = 1
     async with setup(tmp_path, images, git_timeout=30) as (emu, remote, daemons):
-        await reflected_within(remote, emu, images, 10)
+        await reflected_within(remote, emu, images, SETTLE)
         marker = tmp_path / "pushing"
         set_hook(remote, f"touch {marker}\nsleep 30")
         emu.push("proj/app0", "master")
-        while not marker.exists():  # noqa: ASYNC110 - a file another process writes
-            await asyncio.sleep(0.05)
+        await wait_until_async(marker.exists, SETTLE, what="the push to reach the hook")
         daemons[0].kill()
         set_hook(remote, None)
         text = remote.read("environment/a", "apps/app0/values.yaml")
@@ -322,7 +342,7 @@ async def test_sigkill_mid_push_loses_nothing(tmp_path: Path) -> None:
             "environment/a", {"apps/app0/values.yaml": text + "replicaCount: 2\n"}, "scale"
         )
         daemons[0].start()
-        await reflected_within(remote, emu, images, 10)
+        await reflected_within(remote, emu, images, SETTLE)
     assert is_ancestor(remote, person, "environment/a")
     log = remote.log("environment/a")
     assert sum("image-watcher" in line for line in log) == 2, log  # first write + this one

@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -63,6 +64,7 @@ def _config_ok(text: str) -> None:
     assert config.shards >= 1 and config.interval > 0 and config.git.url
 
 
+@pytest.mark.unit
 @FAST
 @given(tree=trees)
 def test_shards_yaml_structures_give_a_config_or_clear_errors(tree: Any) -> None:
@@ -72,6 +74,7 @@ def test_shards_yaml_structures_give_a_config_or_clear_errors(tree: Any) -> None
     _config_ok(json.dumps(tree))
 
 
+@pytest.mark.unit
 @FAST
 @given(text=st.text(max_size=300))
 def test_shards_yaml_any_text_gives_a_config_or_clear_errors(text: str) -> None:
@@ -79,6 +82,7 @@ def test_shards_yaml_any_text_gives_a_config_or_clear_errors(text: str) -> None:
     _config_ok(text)
 
 
+@pytest.mark.unit
 def test_shards_yaml_nested_too_deep_is_an_error() -> None:
     """Promise: no crash on bad input. Defect found: a deeply nested shards.yaml raised
     RecursionError out of ruamel (a traceback instead of file:line: why)."""
@@ -100,6 +104,7 @@ yaml_words = st.sampled_from(
 )  # fmt: skip
 
 
+@pytest.mark.unit
 @FAST
 @given(lines=st.lists(yaml_words | st.text(max_size=15), max_size=25))
 def test_values_files_of_any_shape_never_crash(lines: list[str]) -> None:
@@ -123,6 +128,7 @@ def test_values_files_of_any_shape_never_crash(lines: list[str]) -> None:
         assert len(after) == len(blocks)
 
 
+@pytest.mark.unit
 def test_values_huge_deep_and_binary_inputs() -> None:
     """Promise: no crash on bad input — a file of 2,000 blocks, and deep nesting (a defect:
     RecursionError ended discovery and the daemon). Non-UTF-8 bytes: tests/test_gitops.py."""
@@ -148,6 +154,7 @@ surroundings = st.lists(
 )  # fmt: skip
 
 
+@pytest.mark.unit
 @FAST
 @given(
     before=surroundings,
@@ -189,6 +196,7 @@ def test_update_round_trips_and_changes_no_other_byte(
 # --- image references ----------------------------------------------------------------------
 
 
+@pytest.mark.unit
 @FAST
 @given(text=st.text(max_size=80) | st.from_regex(r"[a-z0-9.:/_@-]{1,60}", fullmatch=True))
 def test_image_references_parse_or_raise_reference_error(text: str) -> None:
@@ -206,6 +214,7 @@ def test_image_references_parse_or_raise_reference_error(text: str) -> None:
 # --- registry answers -----------------------------------------------------------------------
 
 
+@pytest.mark.unit
 @FAST
 @given(header=st.text(max_size=120) | st.from_regex(r'(Bearer|Basic) ([a-z]+="[^"]*",?){0,3}'))
 def test_www_authenticate_headers_parse_or_give_none(header: str) -> None:
@@ -214,6 +223,7 @@ def test_www_authenticate_headers_parse_or_give_none(header: str) -> None:
     assert challenge is None or challenge.scheme == challenge.scheme.lower()
 
 
+@pytest.mark.unit
 @FAST
 @given(value=st.text(max_size=40))
 def test_retry_after_parses_or_gives_none(value: str) -> None:
@@ -256,6 +266,7 @@ google_pages = st.lists(
 )
 
 
+@pytest.mark.unit
 @FAST
 @given(pages=google_pages)
 def test_google_extension_pages_give_facts_or_extension_error(pages: list[dict[str, Any]]) -> None:
@@ -269,6 +280,7 @@ def test_google_extension_pages_give_facts_or_extension_error(pages: list[dict[s
     assert all(is_tag(tag) for tag in facts.listed or ())
 
 
+@pytest.mark.integration
 @settings(max_examples=40, deadline=5000, suppress_health_check=[HealthCheck.too_slow])
 @given(
     status=st.sampled_from([200, 200, 200, 201, 204, 301, 400, 404, 500]),

@@ -108,6 +108,7 @@ def is_ancestor(remote: GitRemote, ancestor: str, commit: str) -> bool:
 # --- globs ---------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("pattern", "path", "expected"),
     [
@@ -130,6 +131,7 @@ def test_match_path(pattern: str, path: str, expected: bool) -> None:
     assert match_path(pattern, path) is expected
 
 
+@pytest.mark.unit
 def test_redact() -> None:
     assert redact("fatal: https://bob:s3cret@host/x.git failed") == (
         "fatal: https://***@host/x.git failed"
@@ -140,6 +142,7 @@ def test_redact() -> None:
 # --- the mirror ---------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_fetch_branches_files_read(mirror: GitMirror, remote: GitRemote) -> None:
     branches = mirror.branches(["environment/*"])
     assert branches == {
@@ -171,6 +174,7 @@ def test_fetch_branches_files_read(mirror: GitMirror, remote: GitRemote) -> None
     assert mirror.head("environment/none") is None
 
 
+@pytest.mark.integration
 def test_fetch_sees_new_and_deleted_branches(mirror: GitMirror, remote: GitRemote) -> None:
     git(remote.path, "branch", "-D", "environment/b2b1")
     git(remote.path, "branch", "environment/new", BRANCH)
@@ -182,6 +186,7 @@ def test_fetch_sees_new_and_deleted_branches(mirror: GitMirror, remote: GitRemot
     }
 
 
+@pytest.mark.integration
 def test_the_clone_is_reused_not_recloned(remote: GitRemote, tmp_path: Path) -> None:
     workdir = tmp_path / "clone"
     first = GitMirror(remote.url, workdir, AUTHOR)
@@ -198,6 +203,7 @@ def test_the_clone_is_reused_not_recloned(remote: GitRemote, tmp_path: Path) -> 
     assert second.branches([BRANCH]) == {BRANCH: sha}
 
 
+@pytest.mark.integration
 def test_a_workdir_holding_another_remote_is_an_error(remote: GitRemote, tmp_path: Path) -> None:
     workdir = tmp_path / "clone"
     GitMirror(remote.url, workdir, AUTHOR).fetch()
@@ -208,6 +214,7 @@ def test_a_workdir_holding_another_remote_is_an_error(remote: GitRemote, tmp_pat
     assert "s3cret" not in str(info.value)
 
 
+@pytest.mark.integration
 def test_unreachable_remote_error_is_redacted(tmp_path: Path) -> None:
     mirror = GitMirror("http://bob:s3cret@127.0.0.1:9/x.git", tmp_path / "clone", AUTHOR)
     with pytest.raises(GitError) as info:
@@ -220,6 +227,7 @@ def test_unreachable_remote_error_is_redacted(tmp_path: Path) -> None:
 # --- commit_and_push -------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_commit_and_push_changes_only_the_file(mirror: GitMirror, remote: GitRemote) -> None:
     parent = remote.head(BRANCH)
     new = values_file(web=D2).encode()
@@ -240,6 +248,7 @@ def test_commit_and_push_changes_only_the_file(mirror: GitMirror, remote: GitRem
     assert mirror.head(BRANCH) == head
 
 
+@pytest.mark.integration
 def test_commit_and_push_keeps_file_modes_and_adds_files(remote: GitRemote, tmp_path: Path) -> None:
     work = tmp_path / "person"
     git(tmp_path, "clone", "-q", "--branch", BRANCH, remote.url, str(work))
@@ -261,6 +270,7 @@ def test_commit_and_push_keeps_file_modes_and_adds_files(remote: GitRemote, tmp_
     assert remote.read_bytes(BRANCH, "run.sh") == b"#!/bin/sh\necho hi\n"
 
 
+@pytest.mark.integration
 def test_stale_parent_is_a_conflict_and_never_forced(mirror: GitMirror, remote: GitRemote) -> None:
     stale = remote.head(BRANCH)
     person = remote.commit(BRANCH, {"values.yaml": values_file(api=D3)}, "person edit")
@@ -272,6 +282,7 @@ def test_stale_parent_is_a_conflict_and_never_forced(mirror: GitMirror, remote: 
     assert remote.read(BRANCH, "values.yaml") == values_file(api=D3)
 
 
+@pytest.mark.integration
 def test_rejected_push_is_an_error_and_the_remote_is_unchanged(
     mirror: GitMirror, remote: GitRemote
 ) -> None:
@@ -288,6 +299,7 @@ def test_rejected_push_is_an_error_and_the_remote_is_unchanged(
 # --- BranchWriter --------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_one_commit_per_batch_naming_every_block(mirror: GitMirror, remote: GitRemote) -> None:
     before = remote.count(BRANCH)
     updates = [
@@ -332,6 +344,7 @@ def test_one_commit_per_batch_naming_every_block(mirror: GitMirror, remote: GitR
     assert remote.count("environment/b2b1") == 2
 
 
+@pytest.mark.integration
 def test_no_change_no_commit(mirror: GitMirror, remote: GitRemote) -> None:
     head = remote.head(BRANCH)
     outcome = BranchWriter(mirror, BRANCH).write([update(("web", "image"), D3, D1)])
@@ -341,6 +354,7 @@ def test_no_change_no_commit(mirror: GitMirror, remote: GitRemote) -> None:
     assert remote.head(BRANCH) == head
 
 
+@pytest.mark.integration
 def test_a_persons_concurrent_commit_survives_and_the_update_lands(
     mirror: GitMirror, remote: GitRemote
 ) -> None:
@@ -359,6 +373,7 @@ def test_a_persons_concurrent_commit_survives_and_the_update_lands(
     )
 
 
+@pytest.mark.integration
 def test_a_persons_edit_of_the_same_block_wins(mirror: GitMirror, remote: GitRemote) -> None:
     person = remote.commit(BRANCH, {"values.yaml": values_file(web=D3)}, "person")
     outcome = BranchWriter(mirror, BRANCH, backoff=0.01).write(
@@ -376,6 +391,7 @@ def test_a_persons_edit_of_the_same_block_wins(mirror: GitMirror, remote: GitRem
     assert is_ancestor(remote, person, remote.head(BRANCH))
 
 
+@pytest.mark.integration
 def test_a_persons_pin_wins(mirror: GitMirror, remote: GitRemote) -> None:
     person = remote.commit(BRANCH, {"values.yaml": values_file(pin="hotfix-7")}, "pin")
     outcome = BranchWriter(mirror, BRANCH, backoff=0.01).write([update(("web", "image"), D1, D2)])
@@ -384,6 +400,7 @@ def test_a_persons_pin_wins(mirror: GitMirror, remote: GitRemote) -> None:
     assert remote.head(BRANCH) == person
 
 
+@pytest.mark.integration
 def test_conflict_through_every_attempt_leaves_updates_pending(
     mirror: GitMirror, remote: GitRemote
 ) -> None:
@@ -395,6 +412,7 @@ def test_conflict_through_every_attempt_leaves_updates_pending(
     assert remote.head(BRANCH) == person
 
 
+@pytest.mark.integration
 def test_rejecting_remote_is_an_error_with_updates_pending(
     mirror: GitMirror, remote: GitRemote
 ) -> None:
@@ -414,6 +432,7 @@ def test_rejecting_remote_is_an_error_with_updates_pending(
     assert remote.head(BRANCH) == head
 
 
+@pytest.mark.integration
 def test_branch_moving_during_the_remote_ref_update_is_a_conflict_retried(
     mirror: GitMirror, remote: GitRemote
 ) -> None:
@@ -440,6 +459,7 @@ def test_branch_moving_during_the_remote_ref_update_is_a_conflict_retried(
     assert D2 in remote.read(BRANCH, "values.yaml")
 
 
+@pytest.mark.integration
 def test_unreadable_files_drop_their_updates_only(remote: GitRemote, tmp_path: Path) -> None:
     remote.commit(
         BRANCH,
@@ -464,6 +484,7 @@ def test_unreadable_files_drop_their_updates_only(remote: GitRemote, tmp_path: P
     assert reasons["apps/gone/values.yaml"] == "apps/gone/values.yaml no longer exists"
 
 
+@pytest.mark.integration
 async def test_writers_for_two_branches_run_concurrently_in_threads(
     mirror: GitMirror, remote: GitRemote
 ) -> None:

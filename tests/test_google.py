@@ -172,6 +172,7 @@ def captured_logs() -> Iterator[io.StringIO]:
 # --- every strategy, one listing -------------------------------------------------------------
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("page_size", [1000, 3], ids=["one-page", "pages"])
 async def test_every_strategy_from_one_listing(mode: str, page_size: int, tmp_path: Path) -> None:
     settings = EmulatorSettings(mode=mode, auth_required=False, page_size_max=page_size)  # type: ignore[arg-type]
@@ -224,6 +225,7 @@ async def test_every_strategy_from_one_listing(mode: str, page_size: int, tmp_pa
     assert {b: remote.head(b) for b in remote.branches()} == heads
 
 
+@pytest.mark.integration
 async def test_digest_only_costs_one_listing_per_image(mode: str, tmp_path: Path) -> None:
     settings = EmulatorSettings(mode=mode, auth_required=False)  # type: ignore[arg-type]
     async with GoogleRegistryEmulator(settings) as emu:
@@ -253,6 +255,7 @@ async def test_digest_only_costs_one_listing_per_image(mode: str, tmp_path: Path
 # --- a developer's branch builds ---------------------------------------------------------------
 
 
+@pytest.mark.integration
 async def test_newest_follows_branch_builds_as_they_are_pushed(mode: str, tmp_path: Path) -> None:
     settings = EmulatorSettings(mode=mode, auth_required=False)  # type: ignore[arg-type]
     async with GoogleRegistryEmulator(settings) as emu:
@@ -293,6 +296,7 @@ async def test_newest_follows_branch_builds_as_they_are_pushed(mode: str, tmp_pa
 # --- faults ------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 async def test_429_pauses_the_budget_and_the_next_cycle_succeeds(
     mode: str, tmp_path: Path, captured_logs: io.StringIO
 ) -> None:
@@ -329,6 +333,7 @@ async def test_429_pauses_the_budget_and_the_next_cycle_succeeds(
     assert watcher.metrics.budget_paused.labels("local")._value.get() == 1.0
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("how", ["extension", "garbage", "truncated"])
 async def test_malformed_listing_skips_the_image_with_a_reason(
     mode: str, how: str, tmp_path: Path, captured_logs: io.StringIO
@@ -396,14 +401,17 @@ def secrets_of(emu: GoogleRegistryEmulator) -> set[str]:
     return set(emu._access_tokens) | set(emu._tokens)
 
 
+@pytest.mark.integration
 async def test_adc_tokens_cached_refreshed_before_expiry_never_logged(
     mode: str, adc_env: pytest.MonkeyPatch, tmp_path: Path, captured_logs: io.StringIO
 ) -> None:
     settings = EmulatorSettings(
         mode=mode,  # type: ignore[arg-type]
         metadata=True,
-        metadata_token_ttl=5,  # refreshed 1.25 s before expiry (a quarter of its life)
-        token_ttl=3.0,  # registry bearer token: replaced 1.5 s before expiry
+        # Lives long enough that a loaded machine's slow first cycle leaves the tokens of
+        # cycle 1 fresh for cycle 2 (they are due 3 s and 7.5 s after they were fetched).
+        metadata_token_ttl=10,  # refreshed 2.5 s before expiry (a quarter of its life)
+        token_ttl=6.0,  # registry bearer token: replaced 3 s before expiry (half its life)
         access_tokens=set(),  # only what the metadata server issued opens the registry
     )
     async with GoogleRegistryEmulator(settings) as emu:
@@ -419,8 +427,9 @@ async def test_adc_tokens_cached_refreshed_before_expiry_never_logged(
             # Every token of cycle 1 was fetched before `end`: cycle 2 at once, cycle 3
             # once the registry tokens are due, cycle 4 once the access token is.
             end = 0.0
-            for start in (0.0, 0.0, 1.6, 3.9):
+            for start in (0.0, 0.0, 3.2, 7.8):
                 if start:
+                    # Scheduled: the tokens' ages at each cycle are the behaviour under test.
                     await asyncio.sleep(max(0.0, end + start - time.monotonic()))
                 mark = len(emu.log)
                 report = await watcher.cycle()
@@ -442,7 +451,7 @@ async def test_adc_tokens_cached_refreshed_before_expiry_never_logged(
     assert emu.count("tags_list", status=401) == 1
     # 2: both tokens cached.
     assert cycles[1] == {"tags_list": 2}
-    # 3: registry tokens due (3 s life), the access token (5 s life) still fresh.
+    # 3: registry tokens due (6 s life), the access token (10 s life) still fresh.
     assert cycles[2] == {"token": 2, "tags_list": 2}
     # 4: the access token within its last quarter: refreshed before use, never sent stale.
     assert cycles[3] == {"metadata": 2, "token": 2, "tags_list": 2}
@@ -454,6 +463,7 @@ async def test_adc_tokens_cached_refreshed_before_expiry_never_logged(
     assert seen_tokens and not any(token in text for token in seen_tokens)
 
 
+@pytest.mark.integration
 async def test_adc_failure_skips_the_registry_not_the_cycle(
     adc_env: pytest.MonkeyPatch, tmp_path: Path, captured_logs: io.StringIO
 ) -> None:
@@ -483,13 +493,14 @@ async def test_adc_failure_skips_the_registry_not_the_cycle(
             assert emu.count("token") == 0
             assert {b: remote.head(b) for b in remote.branches()} == heads
             emu.clear_faults()
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # the remembered failure expiring is the behaviour
             report = await watcher.cycle()
             assert report.failed_images == {}
     assert remote.head("environment/b2c1") != heads["environment/b2c1"]
     assert "image skipped" in captured_logs.getvalue()
 
 
+@pytest.mark.integration
 async def test_adc_found_through_the_environment_alone(
     adc_env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -548,6 +559,7 @@ def fixture(name: str) -> dict[str, Any]:
     return data
 
 
+@pytest.mark.unit
 def test_both_time_encodings_read_alike() -> None:
     gcr, _ = facts_from_pages([fixture("gcr-tags-list.json")])
     artifact, _ = facts_from_pages([fixture("artifact-registry-tags-list.json")])
@@ -561,6 +573,7 @@ def test_both_time_encodings_read_alike() -> None:
     )
 
 
+@pytest.mark.unit
 def test_bad_entries_are_left_out_with_reasons_bad_maps_refused() -> None:
     page = fixture("artifact-registry-tags-list.json")
     helm = "sha256:" + "1" * 64
@@ -598,6 +611,7 @@ def test_bad_entries_are_left_out_with_reasons_bad_maps_refused() -> None:
             facts_from_pages([broken])
 
 
+@pytest.mark.unit
 def test_a_media_type_that_is_not_a_string_leaves_its_entry_out() -> None:
     """Found by test_fuzz: ``{"mediaType": []}`` raised TypeError (unhashable) instead."""
     digest = "sha256:" + "0" * 64
@@ -608,6 +622,7 @@ def test_a_media_type_that_is_not_a_string_leaves_its_entry_out() -> None:
         assert any("is not an image" in reason for reason in skipped)
 
 
+@pytest.mark.integration
 async def test_metadata_server_answers_as_google_auth_expects() -> None:
     import aiohttp
 
@@ -627,12 +642,13 @@ async def test_metadata_server_answers_as_google_auth_expects() -> None:
         auth = {"Authorization": f"Basic {basic}"}
         async with session.get(registry_token, headers=auth) as accepted:
             assert accepted.status == 200
-        await asyncio.sleep(1.05)
+        await asyncio.sleep(1.05)  # the access token's life passing is the behaviour
         async with session.get(registry_token, headers=auth) as expired:
             assert expired.status == 401
     assert [e.kind for e in emu.log] == ["metadata"] * 3 + ["token"] * 2
 
 
+@pytest.mark.integration
 async def test_adc_from_a_service_account_key_file(
     adc_env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -25,6 +25,8 @@ from watcher_testing.images import (
     tag_image,
 )
 
+pytestmark = pytest.mark.integration
+
 
 async def skopeo(*args: str) -> bytes:
     proc = await asyncio.create_subprocess_exec(

@@ -13,6 +13,8 @@ from watcher.config import Defaults
 from watcher.planner import FollowUp, Need, Plan, count, need, plan, plan_after_listing
 from watcher.strategies import Policy, parse_policy
 
+pytestmark = pytest.mark.unit
+
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
 D3 = "sha256:" + "3" * 64

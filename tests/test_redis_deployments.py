@@ -30,6 +30,8 @@ from watcher.errors import RedisUnusable
 from watcher.registry.cache import SharedCache
 from watcher_testing.services import make_tls
 
+pytestmark = pytest.mark.integration
+
 BUDGET_LOG = keys.budget("default")[0]
 
 

@@ -5,6 +5,8 @@ import pytest
 from watcher.errors import InvalidReference
 from watcher.references import ImageName, canonical_name, is_digest, is_tag, parse_reference
 
+pytestmark = pytest.mark.unit
+
 DIGEST = "sha256:" + "a" * 64
 
 

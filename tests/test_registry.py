@@ -200,6 +200,7 @@ def manifest_response(body: bytes, *, head: bool, with_digest: bool = True) -> w
 # --- against the real docker-registry ----------------------------------------------
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kind", ["oci", "docker", "index"])
 async def test_digest_is_what_skopeo_sees_in_one_request(
     docker_registry: DockerRegistry,
@@ -226,6 +227,7 @@ async def test_digest_is_what_skopeo_sees_in_one_request(
     assert budget.records[0].registry == docker_registry.host
 
 
+@pytest.mark.integration
 async def test_index_digest_is_the_index_not_a_platform(
     docker_registry: DockerRegistry, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -248,6 +250,7 @@ async def test_index_digest_is_the_index_not_a_platform(
     ]
 
 
+@pytest.mark.integration
 async def test_manifest_get_and_blob(
     docker_registry: DockerRegistry, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -268,6 +271,7 @@ async def test_manifest_get_and_blob(
     assert budget.kinds == [("manifest_get", 200), ("blob", 200)]
 
 
+@pytest.mark.integration
 async def test_tags_lists_every_tag(
     docker_registry: DockerRegistry, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -286,6 +290,7 @@ async def test_tags_lists_every_tag(
     assert budget.kinds == [("tags_list", 200)] * 2
 
 
+@pytest.mark.integration
 async def test_not_found(
     docker_registry: DockerRegistry, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -308,6 +313,7 @@ async def test_not_found(
     assert budget.granted == 5
 
 
+@pytest.mark.integration
 async def test_ping_and_bad_arguments(
     docker_registry: DockerRegistry, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -324,6 +330,7 @@ async def test_ping_and_bad_arguments(
 # --- Link pagination --------------------------------------------------------------
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("style", ["absolute", "relative", "mixed"])
 async def test_tags_follow_link_pages(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget, style: str
@@ -360,6 +367,7 @@ async def test_tags_follow_link_pages(
     assert budget.kinds == [("tags_list", 200)] * 8
 
 
+@pytest.mark.integration
 async def test_link_loop_and_garbage_pages(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -434,6 +442,7 @@ class TokenRegistry:
         return manifest_response(self.body, head=request.method == "HEAD")
 
 
+@pytest.mark.integration
 async def test_bearer_flow_caches_the_token(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -480,6 +489,7 @@ async def test_bearer_flow_caches_the_token(
     assert "scope=repository:team/other:pull" in seen[-2].path_qs
 
 
+@pytest.mark.integration
 async def test_ping_learns_the_challenge(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -492,6 +502,7 @@ async def test_ping_learns_the_challenge(
     assert budget.kinds == [("ping", 401), ("token", 200), ("manifest_head", 200)]
 
 
+@pytest.mark.integration
 async def test_token_defaults_access_token_missing_service_and_anonymous(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -514,6 +525,7 @@ async def test_token_defaults_access_token_missing_service_and_anonymous(
     assert budget.kinds == [("manifest_head", 200), ("token", 200), ("manifest_head", 200)]
 
 
+@pytest.mark.integration
 async def test_concurrent_lookups_share_one_token_request(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -530,6 +542,7 @@ async def test_concurrent_lookups_share_one_token_request(
     )
 
 
+@pytest.mark.integration
 async def test_rejected_token_and_refused_credentials(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -560,6 +573,7 @@ async def test_rejected_token_and_refused_credentials(
     assert "useless-token-value" not in str(caught.value)
 
 
+@pytest.mark.integration
 async def test_garbage_token_answer(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -587,6 +601,7 @@ class StaticToken:
         return "ya29.access-token"
 
 
+@pytest.mark.integration
 async def test_token_source_uses_oauth2accesstoken(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -607,6 +622,7 @@ async def test_token_source_uses_oauth2accesstoken(
 # --- Basic auth, redirects ----------------------------------------------------------
 
 
+@pytest.mark.integration
 async def test_basic_auth_only_to_the_registry_host(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -651,6 +667,7 @@ async def test_basic_auth_only_to_the_registry_host(
     assert budget.kinds == [("blob", 302), ("blob", 307), ("blob", 200)]
 
 
+@pytest.mark.integration
 async def test_signed_storage_url_stays_out_of_errors(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -674,6 +691,7 @@ async def test_signed_storage_url_stays_out_of_errors(
     assert "SIGNATURE-SECRET" not in str(caught.value.url)
 
 
+@pytest.mark.integration
 async def test_blob_must_hash_to_its_digest(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -687,6 +705,7 @@ async def test_blob_must_hash_to_its_digest(
         await client.blob(ImageName(host, "x"), sha256(b"original"))
 
 
+@pytest.mark.integration
 async def test_wrong_basic_credentials_are_not_sent_twice(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -711,6 +730,7 @@ async def test_wrong_basic_credentials_are_not_sent_twice(
 # --- digests ------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 async def test_missing_digest_header_hashes_the_get_body(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -732,6 +752,7 @@ async def test_missing_digest_header_hashes_the_get_body(
     assert [s.method for s in seen] == ["HEAD", "GET"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "header", ["md5:abc", "sha256:" + "A" * 64, "sha256:" + "0" * 63, "sha512:" + "0" * 128]
 )
@@ -749,6 +770,7 @@ async def test_bad_digest_header(
     assert budget.granted == 1
 
 
+@pytest.mark.integration
 async def test_garbage_manifest(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -771,6 +793,7 @@ async def test_garbage_manifest(
         await client.manifest(ImageName(host, "x"), sha256(b"something else"))
 
 
+@pytest.mark.integration
 async def test_error_codes_map_to_exceptions(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -801,6 +824,7 @@ async def test_error_codes_map_to_exceptions(
 # --- retries, throttling ------------------------------------------------------------
 
 
+@pytest.mark.integration
 async def test_5xx_twice_then_success(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -822,6 +846,7 @@ async def test_5xx_twice_then_success(
     assert budget.granted == 3
 
 
+@pytest.mark.integration
 async def test_5xx_gives_up_after_the_retries(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -836,6 +861,7 @@ async def test_5xx_gives_up_after_the_retries(
     assert budget.kinds == [("tags_list", 502)] * 3
 
 
+@pytest.mark.integration
 async def test_timeout_is_retried(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -846,7 +872,7 @@ async def test_timeout_is_retried(
         nonlocal calls
         calls += 1
         if calls == 1:
-            await asyncio.sleep(2)
+            await asyncio.sleep(2)  # a server slower than the client's timeout: the behaviour
         return manifest_response(body, head=True)
 
     app, _ = logging_app(handler)
@@ -861,6 +887,7 @@ async def test_timeout_is_retried(
     assert budget.granted == 2
 
 
+@pytest.mark.integration
 async def test_connection_errors_are_retried_then_unavailable(
     session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -873,6 +900,7 @@ async def test_connection_errors_are_retried_then_unavailable(
     assert budget.granted == 3
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("retry_after", "expected"),
     [("7", 7.0), (None, None), ("soon", None), ("http-date", 30.0)],
@@ -906,6 +934,7 @@ async def test_429_raises_throttled_at_once(
     assert budget.kinds == [("tags_list", 429)]
 
 
+@pytest.mark.unit
 def test_parse_retry_after() -> None:
     now = datetime(2026, 1, 1, tzinfo=UTC)
     assert parse_retry_after("120", now) == 120.0
@@ -918,6 +947,7 @@ def test_parse_retry_after() -> None:
 # --- plain http ---------------------------------------------------------------------
 
 
+@pytest.mark.integration
 async def test_plain_http_registry_refused_unless_insecure(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -933,6 +963,7 @@ async def test_plain_http_registry_refused_unless_insecure(
     assert seen == []  # no plain-http request reached the server
 
 
+@pytest.mark.integration
 async def test_https_registry_never_follows_to_plain_http(
     serve: Serve, session: aiohttp.ClientSession, budget: Budget
 ) -> None:
@@ -969,6 +1000,7 @@ async def test_https_registry_never_follows_to_plain_http(
 # --- credentials --------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_credentials_repr_hides_the_password() -> None:
     creds = Credentials("robot", PASSWORD)
     assert PASSWORD not in repr(creds)
@@ -976,6 +1008,7 @@ def test_credentials_repr_hides_the_password() -> None:
     assert "robot" in repr(creds)
 
 
+@pytest.mark.unit
 def test_credentials_for_basic_and_anonymous() -> None:
     entry = RegistryConfig(
         host="reg.example", auth="basic", username_env="REG_USER", password_env="REG_PASS"
@@ -988,6 +1021,7 @@ def test_credentials_for_basic_and_anonymous() -> None:
     assert credentials_for(RegistryConfig(host="x"), "x", {}) is None
 
 
+@pytest.mark.unit
 def test_credentials_for_dockerconfig(tmp_path: Path) -> None:
     config = tmp_path / "config.json"
     entry = RegistryConfig(host="*", auth="dockerconfig", config=str(config))
@@ -1027,6 +1061,7 @@ def test_credentials_for_dockerconfig(tmp_path: Path) -> None:
 # --- challenges and the token cache ---------------------------------------------------
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("header", "scheme", "params"),
     [
@@ -1061,6 +1096,7 @@ def test_parse_challenge(header: str, scheme: str, params: dict[str, str]) -> No
     assert dict(challenge.params) == params
 
 
+@pytest.mark.unit
 def test_parse_challenge_service_default_and_garbage() -> None:
     challenge = parse_challenge('Bearer realm="https://europe-docker.pkg.dev/v2/token"')
     assert challenge is not None
@@ -1069,6 +1105,7 @@ def test_parse_challenge_service_default_and_garbage() -> None:
     assert parse_challenge("   ") is None
 
 
+@pytest.mark.unit
 def test_token_cache_expiry() -> None:
     clock = Clock()
     cache = TokenCache(clock)
@@ -1086,5 +1123,6 @@ def test_token_cache_expiry() -> None:
     assert "short" not in repr(cache)
 
 
+@pytest.mark.unit
 def test_manifest_types_are_exactly_the_four() -> None:
     assert ", ".join(MANIFEST_TYPES) == ACCEPT

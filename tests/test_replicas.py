@@ -19,16 +19,25 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
+import pytest
 
-from tests.conftest import RedisServer, free_port, make_remote
+from tests.conftest import GitRemote, RedisServer, free_port, make_remote
+from tests.soak import shasums
 from watcher.config import load
 from watcher_testing.emulator import EmulatorSettings, GoogleRegistryEmulator, LoggedRequest
 from watcher_testing.services import RedisClusterNodes
+from watcher_testing.waiting import wait_until_async
+
+pytestmark = pytest.mark.integration
 
 INTERVAL = 1.0
 WINDOW = 10.0
 QUOTA = 200
 CAP = 190  # 200 with 5% headroom
+SHARDS = 6
+# The most a wait for the daemons to get going may take: generous, since a loaded
+# machine starts three daemons slowly and a wait lasts only as long as it takes.
+SETTLE = 60.0
 
 
 def values(host: str, image: str) -> str:
@@ -51,7 +60,7 @@ def write_config(
     redis: RedisServer | RedisClusterNodes,
     images: int,
     shards: int,
-) -> Path:
+) -> tuple[Path, GitRemote]:
     files = {f"apps/app{i}/values.yaml": values(emu.host, f"proj/app{i}") for i in range(images)}
     remote = make_remote(tmp_path, {"environment/a": files, "environment/b": files})
     config = tmp_path / "shards.yaml"
@@ -69,7 +78,7 @@ git:
   files: ["apps/*/values.yaml"]
 """
     )
-    return config
+    return config, remote
 
 
 def with_port(config: Path) -> Path:
@@ -134,6 +143,53 @@ def listings(log: list[LoggedRequest]) -> list[LoggedRequest]:
     return [e for e in log if e.kind == "tags_list"]
 
 
+def shards_owned(workdir: Path) -> int:
+    """How many shards the daemon logging in ``workdir`` owns, by its last ownership event.
+
+    Read from its log, not asked over HTTP: a test waiting on it costs the daemon nothing.
+    """
+    owned = 0
+    log = workdir / "log.jsonl"
+    for line in log.read_text(errors="replace").splitlines() if log.exists() else ():
+        if '"shard ownership changed"' in line:
+            owned = len(json.loads(line)["owned"])
+    return owned
+
+
+async def converged(tmp_path: Path, count: int) -> None:
+    """Until every daemon of ``replicas(tmp_path, ...)`` owns its equal part of the shards."""
+
+    def balanced() -> bool:
+        owned = [shards_owned(tmp_path / f"replica{n}") for n in range(count)]
+        return owned == [SHARDS // count] * count
+
+    # Off the event loop, which stamps the emulator's arrivals (the cap is judged on them).
+    await wait_until_async(
+        lambda: asyncio.to_thread(balanced), SETTLE, interval=0.2, what="each replica's shards"
+    )
+
+
+async def working(
+    tmp_path: Path,
+    count: int,
+    emu: GoogleRegistryEmulator,
+    remote: GitRemote,
+    images: int,
+) -> None:
+    """Until the daemons are past their start: each owns its part of the shards, and
+    every block holds its image's digest (the first writes landed)."""
+    await converged(tmp_path, count)
+    names = [f"proj/app{i}" for i in range(images)]
+
+    def written() -> bool:
+        seen = shasums(remote, ["environment/a", "environment/b"], names)
+        return all(digest == emu.resolve(name, "master") for (_, name), digest in seen.items())
+
+    await wait_until_async(
+        lambda: asyncio.to_thread(written), SETTLE, interval=0.2, what="the first writes"
+    )
+
+
 async def test_three_replicas_saturating_one_budget_stay_under_the_cap(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
@@ -142,16 +198,22 @@ async def test_three_replicas_saturating_one_budget_stay_under_the_cap(
     40 images at a 1 s interval want 400 listings per 10 s window; the cap is 190.
     """
     async with emulator(40) as emu:
-        config = write_config(tmp_path, emu, redis_server, 40, shards=6)
+        config, _ = write_config(tmp_path, emu, redis_server, 40, shards=SHARDS)
         async with replicas(tmp_path, config, 3):
-            await asyncio.sleep(16)
+            # The window measured below starts 5 s after the first request, or once the
+            # replicas hold their shards if that takes longer (a loaded machine): shards
+            # still moving between replicas are not the steady state.
+            await converged(tmp_path, 3)
+            await wait_until_async(lambda: emu.log, SETTLE, what="the first request")
+            begin = max(emu.log[0].monotonic + 5, time.monotonic())
+            # Saturation over a whole window (and a second more) is the behaviour.
+            await asyncio.sleep(begin + WINDOW + 1 - time.monotonic())
         log = list(emu.log)
     sent = [e.monotonic for e in log]
     assert emu.max_in_window(WINDOW) <= CAP
     assert sum(e.status == 429 for e in log) == 0
     # Saturated: a window past the start is used nearly to the cap.
-    start = sent[0]
-    middle = [t for t in sent if start + 5 <= t < start + 15]
+    middle = [t for t in sent if begin <= t < begin + WINDOW]
     assert len(middle) >= 0.9 * CAP, len(middle)
     # Fair: every image was checked, none starved.
     per_image = {f"proj/app{i}": 0 for i in range(40)}
@@ -160,37 +222,25 @@ async def test_three_replicas_saturating_one_budget_stay_under_the_cap(
     assert min(per_image.values()) >= 0.5 * max(per_image.values()), per_image
 
 
-async def owns_shards(workdir: Path, within: float) -> None:
-    """Wait (``within`` seconds at most) until the replica logging in ``workdir`` holds a shard."""
-    deadline = time.monotonic() + within
-    while True:
-        owned: list[int] = []
-        for line in (workdir / "log.jsonl").read_text().splitlines():
-            entry = json.loads(line)
-            if entry.get("event") == "shard ownership changed":
-                owned = entry["owned"]
-        if owned:
-            return
-        assert time.monotonic() < deadline, f"{workdir.name} never held a shard"
-        await asyncio.sleep(0.2)
-
-
 async def kill_one_of_three(tmp_path: Path, redis: RedisServer | RedisClusterNodes) -> list[float]:
-    """Three replicas over 12 images; the second is SIGKILLed once they converged.
+    """Three replicas over 12 images; the second is SIGKILLed once they are at work.
 
     Returns, for every image (the victim's among them), how long after the kill
     it was first checked again.
     """
     async with emulator(12, quota_requests=None) as emu:
-        config = write_config(tmp_path, emu, redis, 12, shards=6)
+        config, remote = write_config(tmp_path, emu, redis, 12, shards=SHARDS)
         async with replicas(tmp_path, config, 3) as procs:
-            await asyncio.sleep(5)  # converged: each replica holds about 2 shards
-            # On a loaded machine a replica may start late: kill it once it holds some.
-            await owns_shards(tmp_path / "replica1", within=20)
+            await working(tmp_path, 3, emu, remote, 12)  # each replica holds 2 shards
             victim = procs[1]
             victim.send_signal(signal.SIGKILL)
             killed = time.monotonic()
-            await asyncio.sleep(3)
+
+            def checked_since_the_kill() -> bool:
+                checked = {e.repository for e in listings(emu.log) if e.monotonic >= killed}
+                return len(checked) == 12
+
+            await wait_until_async(checked_since_the_kill, SETTLE, what="every image checked")
         log = listings(list(emu.log))
     delays = []
     for i in range(12):
@@ -212,9 +262,10 @@ async def test_redis_down_keeps_the_cap_and_the_work(
 ) -> None:
     """Promise: never over the quota, even while Redis is down or comes back empty."""
     async with emulator(40) as emu:
-        config = write_config(tmp_path, emu, redis_server, 40, shards=6)
+        config, remote = write_config(tmp_path, emu, redis_server, 40, shards=SHARDS)
         async with replicas(tmp_path, config, 3) as procs:
-            await asyncio.sleep(5)
+            await working(tmp_path, 3, emu, remote, 40)
+            # From here the scenario's phases are timed: each lasts as long as it does.
             redis_server.stop()
             down = time.monotonic()
             await asyncio.sleep(3)
@@ -225,7 +276,7 @@ async def test_redis_down_keeps_the_cap_and_the_work(
             await asyncio.sleep(2)
             redis_server.start()  # empty: no persistence
             up = time.monotonic()
-            await asyncio.sleep(5)
+            await asyncio.sleep(5)  # the cap across the empty restart is the behaviour
         log = list(emu.log)
     assert emu.max_in_window(WINDOW) <= CAP
     assert sum(e.status == 429 for e in log) == 0
@@ -238,11 +289,11 @@ async def test_redis_down_keeps_the_cap_and_the_work(
 async def test_a_429_pauses_every_replica(tmp_path: Path, redis_server: RedisServer) -> None:
     """Promise: a registry's 429 stops every replica for its Retry-After."""
     async with emulator(12, quota_requests=None, retry_after=3.0) as emu:
-        config = write_config(tmp_path, emu, redis_server, 12, shards=6)
+        config, remote = write_config(tmp_path, emu, redis_server, 12, shards=SHARDS)
         async with replicas(tmp_path, config, 3):
-            await asyncio.sleep(4)
+            await working(tmp_path, 3, emu, remote, 12)
             emu.fail_next(1, status=429)
-            await asyncio.sleep(4.5)
+            await asyncio.sleep(4.5)  # the pause and the work after it are the behaviour
         log = list(emu.log)
     throttled = [e for e in log if e.status == 429]
     assert len(throttled) == 1

@@ -12,13 +12,15 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import free_port, git, make_remote
 from watcher_testing.emulator import EmulatorSettings, GoogleRegistryEmulator
+from watcher_testing.waiting import wait_until
+
+pytestmark = pytest.mark.integration
 
 SECRET = "s3cret-access-token-7f2d9a"
 GIT_SECRET = "ghp_gitSecretToken12345"
@@ -157,19 +159,12 @@ def test_git_over_ssh_refuses_an_unknown_host_key(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
+    def answers() -> bool:
+        scan = subprocess.run(["ssh-keyscan", "-p", str(port), "127.0.0.1"], capture_output=True)
+        return scan.returncode == 0 and bool(scan.stdout)
+
     try:
-        deadline = time.monotonic() + 10
-        while (
-            subprocess.run(
-                ["ssh-keyscan", "-p", str(port), "127.0.0.1"], capture_output=True
-            ).returncode
-            != 0
-            or not subprocess.run(
-                ["ssh-keyscan", "-p", str(port), "127.0.0.1"], capture_output=True
-            ).stdout
-        ):
-            assert time.monotonic() < deadline, "sshd did not start"
-            time.sleep(0.1)
+        wait_until(answers, 30, interval=0.1, what="sshd to start")
         known = tmp_path / "known_hosts"
         known.write_text("")
         config = tmp_path / "shards.yaml"

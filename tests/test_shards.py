@@ -55,6 +55,7 @@ def reference_jump(key: int, buckets: int) -> int:
 # --- jump hash ---------------------------------------------------------------------
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("key", "buckets", "expected"),
     [
@@ -75,6 +76,7 @@ def test_jump_hash_published_values(key: int, buckets: int, expected: int) -> No
     assert reference_jump(key, buckets) == expected
 
 
+@pytest.mark.unit
 def test_jump_hash_matches_reference_implementation() -> None:
     rng = random.Random(20140607)
     keys = [0, 1, MASK64, MASK64 - 1, 1 << 63, *(rng.getrandbits(64) for _ in range(300))]
@@ -97,6 +99,7 @@ GUAVA_GOLDEN = [
 ]
 
 
+@pytest.mark.unit
 def test_jump_hash_guava_golden_values() -> None:
     assert [jump_hash(k, 100) for k in range(20)] == GUAVA_GOLDEN_100
     for key, buckets, expected in GUAVA_GOLDEN:
@@ -104,6 +107,7 @@ def test_jump_hash_guava_golden_values() -> None:
         assert reference_jump(key, buckets) == expected
 
 
+@pytest.mark.unit
 def test_jump_hash_rejects_bad_input() -> None:
     for buckets in (0, -1, 1 << 31):
         with pytest.raises(ValueError):
@@ -117,6 +121,7 @@ def test_jump_hash_rejects_bad_input() -> None:
 # --- names to shards ----------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_blake2b_64_is_the_first_eight_bytes_big_endian() -> None:
     # BLAKE2b with an 8-byte digest (not a truncated 64-byte one) of the UTF-8 name.
     assert blake2b_64("") == 0xE4A6A0577479B2B4
@@ -133,11 +138,13 @@ STABLE = {
 }
 
 
+@pytest.mark.unit
 def test_shards_are_fixed_numbers() -> None:
     for name, (at16, at100) in STABLE.items():
         assert (shard_of(name, 16), shard_of(name, 100)) == (at16, at100), name
 
 
+@pytest.mark.unit
 def test_names_are_canonicalised() -> None:
     nginx = ImageName("docker.io", "library/nginx")
     assert shard_of("nginx", 16) == shard_of("docker.io/library/nginx", 16) == shard_of(nginx, 16)
@@ -145,6 +152,7 @@ def test_names_are_canonicalised() -> None:
     assert shard_of("EU.GCR.IO/ma-dev2/dev-images/estima", 16) == 6
 
 
+@pytest.mark.integration
 def test_same_shards_in_another_process_with_another_hash_seed() -> None:
     code = (
         "import json, sys\n"
@@ -166,6 +174,7 @@ def test_same_shards_in_another_process_with_another_hash_seed() -> None:
         assert json.loads(out) == here
 
 
+@pytest.mark.unit
 def test_uniform_over_shards() -> None:
     counts = Counter(shard_of(n, 16) for n in NAMES)
     mean = len(NAMES) / 16
@@ -179,6 +188,7 @@ def test_uniform_over_shards() -> None:
     assert chi2 < 44.3
 
 
+@pytest.mark.unit
 def test_growing_by_one_moves_the_minimum_and_only_to_the_new_shard() -> None:
     images = [canonical_name(n) for n in NAMES]
     shares = {}
@@ -196,6 +206,7 @@ def test_growing_by_one_moves_the_minimum_and_only_to_the_new_shard() -> None:
     assert len(back.moves) == len(movement(images, 8, 9).moves)
 
 
+@pytest.mark.unit
 def test_assignment_is_sorted_and_complete() -> None:
     images = [canonical_name(n) for n in ("nginx", "ghcr.io/acme/api", "nginx")]
     got = assignment(images, 16)
@@ -237,6 +248,7 @@ def watch_set(*blocks: FoundBlock) -> WatchSet:
     return ws
 
 
+@pytest.mark.unit
 def test_image_requests_follow_the_planner() -> None:
     gcr = canonical_name("eu.gcr.io/acme/api")
     mixed = [
@@ -258,6 +270,7 @@ def test_image_requests_follow_the_planner() -> None:
     assert image_requests(CONFIG, v2, [block("ghcr.io/acme/api", override="pin-1")]) == 0
 
 
+@pytest.mark.unit
 def test_loads_and_budget_figures() -> None:
     ws = watch_set(
         block("eu.gcr.io/acme/api"),
@@ -283,6 +296,7 @@ def test_loads_and_budget_figures() -> None:
     assert rows["default"].images == 1
 
 
+@pytest.mark.unit
 def test_budget_arithmetic() -> None:
     limit = Limit(requests=10_000, per=600.0, headroom=0.05)  # cap 9500
     # The reference setup: 11 environments x 50 apps at 2 minutes, all digest on GCR.

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.soak import FAULTS, soak
+
+pytestmark = pytest.mark.soak
 
 
 async def test_short_soak_keeps_every_promise(tmp_path: Path) -> None:

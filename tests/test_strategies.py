@@ -27,6 +27,8 @@ from watcher.strategies import (
     to_edit,
 )
 
+pytestmark = pytest.mark.unit
+
 DIGEST = Defaults(strategy="digest")
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64

@@ -12,12 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from ruamel.yaml import YAML
 
 from tests.conftest import DockerRegistry, GitRemote, make_remote, watcher_config
 from watcher.engine import Engine
 from watcher.metrics import Metrics
 from watcher_testing.images import ImageKind, push_image
+
+pytestmark = pytest.mark.integration
 
 SENTRY = "fixes_TECH-2783_bump_sentry-"
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

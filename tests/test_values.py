@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from watcher.blocks import Edit, Field, KeyPath
 from watcher.gitops.values import BlockProblem, apply_edits, find_blocks, plain_is_safe
+
+pytestmark = pytest.mark.unit
 
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64

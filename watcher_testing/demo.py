@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +25,7 @@ import aiohttp
 
 from watcher_testing.images import ImageKind, push_image
 from watcher_testing.services import DockerRegistry
+from watcher_testing.waiting import wait_until
 
 INTERVAL = 3  # seconds: the demo's polling interval
 ENVIRONMENTS = ("environment/b2c1", "environment/b2b1")
@@ -52,15 +53,6 @@ def _git(cwd: Path, *args: str) -> str:
         text=True,
     )
     return result.stdout.strip()
-
-
-def _wait(what: str, ready: Callable[[], bool], timeout: float) -> float:
-    started = time.monotonic()
-    while not ready():
-        if time.monotonic() - started > timeout:
-            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.1)
-    return time.monotonic() - started
 
 
 @contextmanager
@@ -228,8 +220,7 @@ def demo(workdir_arg: str | None, *, keep: bool = False) -> int:
             )
             # The first sweep: every block of both branches followed (the worker
             # block picks the branch build already pushed).
-            took = _wait(
-                "the first sweep's commits",
+            took = wait_until(
                 lambda: (
                     all(_heads(bare)[b] != before[b] for b in ENVIRONMENTS)
                     and "fixes_TECH-2783"
@@ -237,6 +228,8 @@ def demo(workdir_arg: str | None, *, keep: bool = False) -> int:
                     and "shasum" in _git(bare, "show", "environment/b2c1:apps/web/values.yaml")
                 ),
                 60,
+                interval=0.1,
+                what="the first sweep's commits",
             )
             say(f"\nfirst sweep: every block followed within {took:.1f}s")
             _show_new_commits(bare, before)
@@ -251,13 +244,14 @@ def demo(workdir_arg: str | None, *, keep: bool = False) -> int:
             asyncio.run(_push(host, "team/worker", fix, "oci", "worker-fix-2", datetime.now(UTC)))
             say(f"  pushed team/worker:{fix}")
             pushed = time.monotonic()
-            _wait(
-                "the new build to land",
+            wait_until(
                 lambda: (
                     web in _git(bare, "show", "environment/b2c1:apps/web/values.yaml")
                     and fix in _git(bare, "show", "environment/b2c1:apps/worker/values.yaml")
                 ),
                 60,
+                interval=0.1,
+                what="the new build to land",
             )
             say(f"\npush to commit: {time.monotonic() - pushed:.1f}s (interval {INTERVAL}s)")
             _show_new_commits(bare, before)

@@ -16,7 +16,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import time
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from watcher_testing.waiting import wait_until
 
 INSTALL_HINT = "bash .ci/install"
 
@@ -152,14 +153,6 @@ def _binary(name: str) -> str:
     return path
 
 
-def _wait(what: str, ready: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not start within {timeout:.0f}s")
-        time.sleep(0.05)
-
-
 def _stop(proc: subprocess.Popen[bytes], *, kill: bool) -> None:
     if kill:
         proc.kill()
@@ -230,7 +223,7 @@ class RedisServer:
         with open(self.dir / "redis.log", "ab") as log:
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
         try:
-            _wait("redis-server", self._pong, 10)
+            wait_until(self._pong, 30, what="redis-server to answer")
         except RuntimeError:
             self.stop()  # not left running behind a test that failed to start it
             raise
@@ -330,7 +323,7 @@ class RedisClusterNodes:
                     )
                 )
         for port in self.ports:
-            _wait(f"redis-server (cluster node {port})", _pinged(port), 10)
+            wait_until(_pinged(port), 30, what=f"redis-server (cluster node {port})")
         created = subprocess.run(
             [
                 _binary("redis-cli"),
@@ -350,7 +343,7 @@ class RedisClusterNodes:
                 f"redis-cli --cluster create failed: {created.stdout}{created.stderr}"
             )
         for port in self.ports:
-            _wait(f"cluster state ok on {port}", self._state_ok(port), 30)
+            wait_until(self._state_ok(port), 30, what=f"cluster state ok on {port}")
 
     def _state_ok(self, port: int) -> Callable[[], bool]:
         return lambda: "cluster_state:ok" in self.cli(port, "cluster", "info")
@@ -404,7 +397,7 @@ class DockerRegistry:
             self.proc = subprocess.Popen(
                 [binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT
             )
-        _wait("docker-registry", self._answers, 15)
+        wait_until(self._answers, 30, what="docker-registry to answer")
 
     def _answers(self) -> bool:
         try:

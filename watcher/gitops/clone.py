@@ -198,15 +198,19 @@ def run(
     ``fds``: the lock's descriptor when the command writes, so that it holds the lock
     for as long as it runs, even if this process is killed meanwhile.
     """
-    proc = subprocess.run(
-        ["git", *args],
-        input=input,
-        capture_output=True,
-        env={**os.environ, **GIT_ENV, "GIT_DIR": str(workdir), **(env or {})},
-        cwd=workdir,
-        pass_fds=fds,
-        check=False,
-    )
+    try:
+        proc = subprocess.run(
+            ["git", *args],
+            input=input,
+            capture_output=True,
+            env={**os.environ, **GIT_ENV, "GIT_DIR": str(workdir), **(env or {})},
+            cwd=workdir,
+            pass_fds=fds,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        missing = "git is not installed" if exc.filename == "git" else f"{workdir} is missing"
+        raise GitError(f"git {args[0]}: {missing}") from exc
     if proc.returncode != 0:
         detail = " ".join(proc.stderr.decode("utf-8", "replace").split())
         raise GitError(redact(f"git {args[0]}: {detail or f'exit status {proc.returncode}'}"))

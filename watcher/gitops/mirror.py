@@ -82,7 +82,12 @@ class GitMirror:
         with self._opening:
             if self._opened:
                 return
-            removed = clone.prepare(self.url, self.workdir, self._lock)
+            try:
+                removed = clone.prepare(self.url, self.workdir, self._lock)
+            except OSError as exc:
+                # An unreadable, unwritable or vanished workdir: a reason, not a traceback.
+                reason = exc.strerror or str(exc)
+                raise GitError(f"cannot open {self.workdir}: {reason}") from exc
             if removed:
                 log.warning("clone recovered", workdir=str(self.workdir), removed=removed)
             self._opened = True
