@@ -27,6 +27,14 @@ SECRET = "s3cr3t-Hunter2"
 """Put in every Redis and git URL that carries a password: it must never be printed."""
 COMMANDS = ("run", "once", "check", "shards", "budget")
 ONE_SHOT = ("once", "check", "shards", "budget")
+# The people's commands, with the arguments each takes in the world below.
+PEOPLE: dict[str, tuple[str, ...]] = {
+    "pin": ("environment/a", "team/app", "v1", "--author", "A Person <a@example.com>"),
+    "release": ("environment/a", "team/app", "--author", "A Person <a@example.com>"),
+    "rollback": ("environment/a", "app", "--author", "A Person <a@example.com>"),
+    "history": ("environment/a", "apps/app/values.yaml"),
+    "status": ("--branch", "environment/*"),
+}
 # Root reads any file whatever its mode: drop the capabilities that allow it,
 # so an unreadable file or clone is unreadable to the watcher too.
 UNPRIVILEGED = (

@@ -8,6 +8,7 @@ with a password, one serving TLS), the Google-registry emulator.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -20,6 +21,7 @@ import structlog
 from tests.cli_support import (
     COMMANDS,
     ONE_SHOT,
+    PEOPLE,
     SCHEME_HINT,
     SECRET,
     UNPRIVILEGED,
@@ -124,13 +126,13 @@ def test_every_command_refuses_bad_configs_with_file_line_messages(
     """
     failures = []
     for name, path, env, words in _bad_configs(world):
-        for command in COMMANDS:
+        for command in (*COMMANDS, *PEOPLE):
             for key in ("WATCHER_REDIS_URL", "WATCHER_GIT_URL"):
                 monkeypatch.delenv(key, raising=False)
             for key, value in env.items():
                 monkeypatch.setenv(key, value)
             try:
-                code = main([command, "--config", str(path)])
+                code = main([command, "--config", str(path), *PEOPLE.get(command, ())])
             except BaseException as exc:  # what would have been a traceback
                 captured = capsys.readouterr()
                 failures.append(f"{command} / {name}: raised {exc!r}\n{captured.err}")
@@ -148,22 +150,23 @@ def test_every_command_refuses_bad_configs_with_file_line_messages(
     assert not failures, "\n\n".join(failures)
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("command", [*COMMANDS, "pin", "status"])
 async def test_bad_configs_in_real_processes(world: World, command: str) -> None:
+    args = PEOPLE.get(command, ())
     config = world.write(world.config('redis: {url: "localhost:6379"}'))
     line = config.read_text().splitlines().index('redis: {url: "localhost:6379"}') + 1
-    out = await watcher([command, "--config", str(config)])
+    out = await watcher([command, "--config", str(config), *args])
     assert_clean(out, 2)
     assert out.reasons == [f"{config}:{line}: redis.url: has no scheme: {SCHEME_HINT}"]
     out = await watcher(
-        [command, "--config", str(world.write(world.config()))],
+        [command, "--config", str(world.write(world.config())), *args],
         {"WATCHER_REDIS_URL": f"watcher:{SECRET}@localhost:6379"},
     )
     assert_clean(out, 2)
     assert "redis.url (from WATCHER_REDIS_URL): has no scheme" in out.reasons[0]
     unreadable = world.write(world.config(), "unreadable.yaml")
     unreadable.chmod(0)
-    out = await watcher([command, "--config", str(unreadable)], prefix=UNPRIVILEGED)
+    out = await watcher([command, "--config", str(unreadable), *args], prefix=UNPRIVILEGED)
     assert_clean(out, 2)
     assert out.reasons == [f"{unreadable}:0: (file): cannot read: Permission denied"]
 
@@ -176,6 +179,13 @@ async def test_unreachable_remote(world: World) -> None:
     config = world.write(world.config(url=url))
     for command in ONE_SHOT:
         out = await watcher([command, "--config", str(config)])
+        assert_clean(out, 1)
+        assert out.reasons[0].startswith("git: "), out.describe()
+    # The people's commands side by side (each its own process): the same contract.
+    outs = await asyncio.gather(
+        *(watcher([command, "--config", str(config), *args]) for command, args in PEOPLE.items())
+    )
+    for out in outs:
         assert_clean(out, 1)
         assert out.reasons[0].startswith("git: "), out.describe()
     # The daemon keeps trying (readiness says why) and stops cleanly.

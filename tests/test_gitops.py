@@ -323,9 +323,15 @@ def test_one_commit_per_batch_naming_every_block(mirror: GitMirror, remote: GitR
     assert remote.count(BRANCH) == before + 1
     assert outcome.commit == remote.head(BRANCH)
     message = git(remote.path, "log", "-1", "--format=%B", BRANCH)
-    subject, _, body = message.partition("\n\n")
+    subject, _, rest = message.partition("\n\n")
+    body, _, trailer_lines = rest.partition("\n\n")
     assert subject == f"image-watcher: update 4 image(s) on {BRANCH}"
     assert body.splitlines() == [f"- {u.describe()}" for u in updates]
+    # What holds are derived from: one trailer per block, as git itself reads them.
+    parsed = git(remote.path, "log", "-1", "--format=%(trailers:only,unfold)", BRANCH)
+    assert parsed.splitlines() == trailer_lines.splitlines() == [
+        f"Image-Watcher-Set: {u.block.ref} {u.edit.field}={u.edit.new}" for u in updates
+    ]
     assert f"{BRANCH}:values.yaml:web.image: shasum {D1} -> {D2}" in body
     assert remote.read(BRANCH, "values.yaml") == values_file(web=D2, api=D3)
     assert remote.read(BRANCH, "apps/web/values.yaml") == (

@@ -5,11 +5,15 @@ Pure data, shared by discovery, strategies, the engine and the git writer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 KeyPath = tuple[str | int, ...]
 Field = Literal["shasum", "overrideTag"]
+"""A value the watcher writes, by its role: ``shasum`` is the digest the block's
+``tag`` points at, ``overrideTag`` the tag that wins over everything. Which key
+of the chart holds each role is the values reader's business; everything else
+speaks of roles."""
 
 
 @dataclass(frozen=True, order=True)
@@ -22,6 +26,16 @@ class BlockId:
 
     def __str__(self) -> str:
         return f"{self.branch}:{self.file}:{format_path(self.path)}"
+
+    @property
+    def ref(self) -> str:
+        """The block within its branch, as people name it: ``file#key.path``."""
+        return block_ref(self.file, self.path)
+
+
+def block_ref(file: str, path: KeyPath) -> str:
+    """``apps/api/values.yaml#worker.image``: the form of ``BLOCK`` selectors and trailers."""
+    return f"{file}#{format_path(path)}"
 
 
 def format_path(path: KeyPath) -> str:
@@ -48,6 +62,17 @@ class RawBlock:
     override_tag: str | None
     watch: Any = None  # the `watch` mapping as plain Python data, or None
 
+    def value(self, field: Field) -> str | None:
+        """What ``field`` holds now (None: absent or empty)."""
+        value = self.shasum if field == "shasum" else self.override_tag
+        return value or None
+
+    def with_value(self, field: Field, value: str | None) -> RawBlock:
+        """This block with ``field`` set to ``value``, as a write would leave it."""
+        if field == "shasum":
+            return replace(self, shasum=value)
+        return replace(self, override_tag=value)
+
 
 @dataclass(frozen=True)
 class Edit:
@@ -57,14 +82,16 @@ class Edit:
     that moved: it applies only while the block still has ``repository`` and
     ``tag`` as they were when the update was decided and ``field`` still holds
     ``old`` (``None`` meaning absent or empty). Anything else means a person
-    changed the block meanwhile, and the person wins.
+    changed the block meanwhile, and the person wins. ``new`` None empties the
+    field (``watcher release`` clearing a pin); the watcher itself always writes
+    a value.
     """
 
     document: int
     path: KeyPath
     field: Field
     old: str | None
-    new: str
+    new: str | None
     repository: str
     tag: str | None
 
@@ -79,4 +106,7 @@ class Update:
     strategy: str
 
     def describe(self) -> str:
-        return f"{self.block}: {self.edit.field} {self.edit.old or '(none)'} -> {self.edit.new}"
+        edit = self.edit
+        if edit.old == edit.new:  # a person's record (a release of a hold): no byte changes
+            return f"{self.block}: {edit.field} stays {edit.new or '(none)'}"
+        return f"{self.block}: {edit.field} {edit.old or '(none)'} -> {edit.new or '(none)'}"

@@ -39,6 +39,16 @@ class ConfigError(WatcherError):
         self.problems = problems
 
 
+class UsageError(WatcherError):
+    """A command line that cannot be carried out as written: an unknown branch, a
+    ``BLOCK`` that names no block or several (the message lists the candidates), a
+    value that breaks the grammar, no author for a person's commit. Raised by
+    :mod:`watcher.steer.selectors` and the people's commands (:mod:`watcher.cli`);
+    the CLI prints the message and exits 2."""
+
+    stage = "usage"
+
+
 class InvalidReference(WatcherError, ValueError):
     """An image name, tag or digest that breaks the OCI grammar; raised by
     :mod:`watcher.references` and the registry client before a request is built."""

@@ -89,6 +89,12 @@ class Metrics:
         self.image_blocks = self._gauge(
             "image_blocks", "Image blocks found on every environment branch.", []
         )
+        self.blocks = self._gauge(
+            "blocks",
+            "Image blocks of the shards this replica owns, by state (following, pinned, "
+            "held, off, failing); summed over replicas, every block once.",
+            ["state"],
+        )
 
     def _write_back(self) -> None:
         self.updates = self._counter("updates_total", "Block updates committed.", ["strategy"])

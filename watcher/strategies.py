@@ -53,11 +53,11 @@ from typing import Any
 import semantic_version  # type: ignore[import-untyped]
 
 from watcher.blocks import Edit, Field, RawBlock
-from watcher.config import STRATEGIES, Defaults, Strategy
+from watcher.config import HOLDS, STRATEGIES, Defaults, Holds, Strategy
 from watcher.errors import PolicyError
 from watcher.references import is_digest, is_tag
 
-WATCH_KEYS: tuple[str, ...] = ("strategy", "tags", "ignore", "semver")
+WATCH_KEYS: tuple[str, ...] = ("strategy", "tags", "ignore", "semver", "holds")
 TAG_STRATEGIES: frozenset[Strategy] = frozenset({"newest", "semver", "lexical"})
 
 # A constraint block: an optional operator, then the version (possibly partial or
@@ -138,12 +138,27 @@ class Policy:
     ignore: tuple[str, ...] = ()
     # Set for every semver policy (``*`` when no constraint was written).
     semver: Constraint | None = None
+    holds: Holds = "until-new-build"
+
+    @property
+    def field(self) -> Field | None:
+        """The value this policy manages: what it writes, and what a person's change holds."""
+        return managed_field(self.strategy)
+
+
+def managed_field(strategy: Strategy) -> Field | None:
+    """``digest`` writes ``shasum``; the tag strategies own ``overrideTag``; ``off`` nothing."""
+    if strategy == "digest":
+        return "shasum"
+    if strategy in TAG_STRATEGIES:
+        return "overrideTag"
+    return None
 
 
 def parse_policy(watch: object, defaults: Defaults) -> Policy:
     """Validate a block's ``watch`` value (None means all defaults)."""
     if watch is None:
-        return Policy(strategy=defaults.strategy)
+        return Policy(strategy=defaults.strategy, holds=defaults.holds)
     if not isinstance(watch, Mapping):
         raise PolicyError(
             f"watch: must be a mapping such as {{strategy: newest, tags: 'main-.*'}}, not {watch!r}"
@@ -156,6 +171,7 @@ def parse_policy(watch: object, defaults: Defaults) -> Policy:
     tags = _regex(watch["tags"]) if "tags" in watch else None
     ignore = _ignore(watch["ignore"]) if "ignore" in watch else ()
     constraint = _semver(watch["semver"]) if "semver" in watch else None
+    holds = _holds(watch["holds"]) if "holds" in watch else defaults.holds
 
     # `off` keeps whatever else is written, so a person can pin a block for a
     # while and turn it back on without retyping its policy. Elsewhere a key
@@ -172,7 +188,7 @@ def parse_policy(watch: object, defaults: Defaults) -> Policy:
         )
     if strategy == "semver" and constraint is None:
         constraint = _ANY_RELEASE
-    return Policy(strategy=strategy, tags=tags, ignore=ignore, semver=constraint)
+    return Policy(strategy=strategy, tags=tags, ignore=ignore, semver=constraint, holds=holds)
 
 
 def _strategy(value: object) -> Strategy:
@@ -183,6 +199,13 @@ def _strategy(value: object) -> Strategy:
         if value == strategy and isinstance(value, str):
             return strategy
     raise PolicyError(f"watch.strategy: must be one of {', '.join(STRATEGIES)}, not {value!r}")
+
+
+def _holds(value: object) -> Holds:
+    for holds in HOLDS:
+        if value == holds and isinstance(value, str):
+            return holds
+    raise PolicyError(f"watch.holds: must be one of {', '.join(HOLDS)}, not {value!r}")
 
 
 def _regex(value: object) -> re.Pattern[str]:

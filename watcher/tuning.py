@@ -90,8 +90,15 @@ GIT_TIMEOUT = 60.0
 # threads, the writes of the eleventh branch waited for ten others to finish.
 WRITER_THREADS = 32
 
+# How far back in a values file's history the status looks for the commit that
+# gave a held or pinned block its value, when no trailer names it (a revert, a hand
+# edit). One bounded `git log` per such block per change of its file; a change older
+# than this many commits of the file shows as unknown (`watcher history` walks all).
+LAST_CHANGE_DEPTH = 200
+
 # --- logs ---------------------------------------------------------------------------------
 
 # A condition that lasts (Redis out of reach, a degraded budget, a cache that
 # fails) is logged at most this often, so an outage does not flood the logs.
 PROBLEM_LOG_EVERY = 60.0
+

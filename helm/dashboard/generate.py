@@ -244,6 +244,7 @@ PANELS: tuple[RowSpec, ...] = (
                 "Images watched by shard",
                 "Distinct images (one registry look-up each per interval) per shard.",
                 (Query(f"max by (shard) (image_watcher_images{{{SEL}}})", "shard {{shard}}"),),
+                width=8,
                 stacked=True,
             ),
             PanelSpec(
@@ -251,6 +252,21 @@ PANELS: tuple[RowSpec, ...] = (
                 "Image blocks found on every environment branch.",
                 (Query(f"max(image_watcher_image_blocks{{{SEL}}})", "blocks"),),
                 kind="stat",
+                width=8,
+            ),
+            PanelSpec(
+                "Blocks by state",
+                "Blocks following, pinned, held (by a person's revert, edit or rollback), "
+                "off, and failing (the reason is on the status page). Each replica counts "
+                "the blocks of the shards it owns.",
+                (
+                    Query(
+                        f"sum by (state) (image_watcher_blocks{{{SEL}}})",
+                        "{{state}}",
+                    ),
+                ),
+                width=8,
+                stacked=True,
             ),
         ),
     ),

@@ -9,6 +9,7 @@ from watcher.config.convert import format_duration, parse_duration, parse_share
 from watcher.config.loader import load, load_text
 from watcher.config.settings import (
     DEFAULT_LIMIT,
+    HOLDS,
     STRATEGIES,
     Api,
     Auth,
@@ -16,6 +17,7 @@ from watcher.config.settings import (
     Config,
     Defaults,
     GitConfig,
+    Holds,
     Limit,
     RedisConfig,
     RegistryConfig,
@@ -25,6 +27,7 @@ from watcher.config.settings import (
 
 __all__ = [
     "DEFAULT_LIMIT",
+    "HOLDS",
     "STRATEGIES",
     "Api",
     "Auth",
@@ -32,6 +35,7 @@ __all__ = [
     "Config",
     "Defaults",
     "GitConfig",
+    "Holds",
     "Limit",
     "RedisConfig",
     "RegistryConfig",

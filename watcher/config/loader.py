@@ -36,6 +36,7 @@ from watcher.config.convert import (
 )
 from watcher.config.settings import (
     DEFAULT_LIMIT,
+    HOLDS,
     STRATEGIES,
     Api,
     Auth,
@@ -80,7 +81,7 @@ GIT: dict[str, Convert] = {
 }
 AUTHOR: dict[str, Convert] = {"name": nonempty_string, "email": nonempty_string}
 REDIS: dict[str, Convert] = {"url": redis_url, "cluster": boolean, "ca_file": ca_file}
-DEFAULTS: dict[str, Convert] = {"strategy": choice(STRATEGIES)}
+DEFAULTS: dict[str, Convert] = {"strategy": choice(STRATEGIES), "holds": choice(HOLDS)}
 SERVER: dict[str, Convert] = {"port": integer(0, 65535)}
 SECTIONS = ("redis", "limits", "registries", "git", "defaults", "server")
 

@@ -20,6 +20,8 @@ from watcher.gitops.paths import clone_name
 
 Strategy = Literal["digest", "newest", "semver", "lexical", "off"]
 STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
+Holds = Literal["until-new-build", "until-released"]
+HOLDS: tuple[Holds, ...] = get_args(Holds)
 Api = Literal["google", "v2"]
 Auth = Literal["google", "anonymous", "basic", "dockerconfig"]
 
@@ -128,6 +130,11 @@ class Defaults:
 
     strategy: Strategy = "digest"
     """The strategy of a block without ``watch.strategy``."""
+    holds: Holds = "until-new-build"
+    """How long a person's change to a value the watcher manages (a revert of its
+    commit, a hand edit, ``watcher rollback``) holds the block: ``until-new-build``
+    (the followed tag points at a build that is neither the held value nor the one
+    it replaced) or ``until-released`` (``watcher release``)."""
 
 
 @dataclass(frozen=True)
@@ -135,7 +142,8 @@ class ServerConfig:
     """The HTTP server (``server``)."""
 
     port: int = 8080
-    """``/metrics``, ``/healthz`` and ``/readyz``; 0: any free port."""
+    """``/metrics``, ``/healthz``, ``/readyz``, ``/`` (the status page) and
+    ``/status.json``; 0: any free port."""
 
 
 @dataclass(frozen=True)

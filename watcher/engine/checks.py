@@ -28,21 +28,30 @@ log = structlog.get_logger()
 
 @dataclass
 class Checked:
-    """What one check of an image gave: updates to write and blocks left alone, or why
-    the whole image was skipped (``failed``)."""
+    """What one check of an image gave: updates to write, blocks left alone (skipped,
+    with the reason; held, by a person's change), or why the whole image was skipped
+    (``failed``). ``looked_up``: the blocks the check asked the registry for."""
 
     image: ImageName
     updates: list[Update] = field(default_factory=list)
     skipped: list[tuple[BlockId, str]] = field(default_factory=list)
+    held: list[BlockId] = field(default_factory=list)
     failed: str | None = None
+    looked_up: list[BlockId] = field(default_factory=list)
 
 
 def decide_blocks(image: ImageName, blocks: Sequence[FoundBlock], facts: ImageFacts) -> Checked:
-    """Every block's decision from the image's facts (pure but for the log of skips)."""
-    checked = Checked(image)
+    """Every block's decision from the image's facts (pure but for the log of skips).
+
+    A held block's change is kept back unless its hold lets it through (a new build,
+    for ``until-new-build``): :meth:`watcher.steer.holds.Steer.lets`.
+    """
+    checked = Checked(image, looked_up=[block.id for block in blocks])
     for block in blocks:
         decision = decide(block.raw, block.policy, facts)
-        if isinstance(decision, Change):
+        if isinstance(decision, Change) and not block.steer.lets(decision.new):
+            checked.held.append(block.id)
+        elif isinstance(decision, Change):
             checked.updates.append(
                 Update(block.id, to_edit(block.raw, decision), str(image), block.policy.strategy)
             )
@@ -68,8 +77,13 @@ async def check(
 ) -> Checked:
     """Look ``image`` up and decide ``blocks``; never raises but for cancellation.
 
-    ``context`` (``shard=``) goes into the log lines.
+    ``context`` (``shard=``) goes into the log lines. Blocks that need no facts (off,
+    pinned, held until released) are not looked up at all: an image whose every block
+    is such costs no request.
     """
+    blocks = [block for block in blocks if block.steer.needs_facts]
+    if not blocks:
+        return Checked(image)
     try:
         facts, notes = await lookups.facts(image, blocks)
         for note in notes:
@@ -87,4 +101,4 @@ async def check(
             image=str(image),
             **context,
         )
-        return Checked(image, failed=reason)
+        return Checked(image, failed=reason, looked_up=[block.id for block in blocks])

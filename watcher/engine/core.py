@@ -35,11 +35,13 @@ from watcher.config import Config
 from watcher.engine import checks, slots
 from watcher.engine.checks import Checked
 from watcher.engine.scheduler import Scheduler
+from watcher.engine.status import StatusBoard
 from watcher.engine.supervise import Supervisor, report_error, sleep_until
 from watcher.engine.writeback import WriteBack
 from watcher.errors import GitError
 from watcher.gitops.discovery import Discovery, FoundBlock, WatchSet
 from watcher.gitops.mirror import GitMirror
+from watcher.gitops.steering import Steering
 from watcher.gitops.writer import WriteOutcome
 from watcher.metrics import Metrics
 from watcher.references import ImageName
@@ -77,13 +79,18 @@ class Engine:
             config.git.url, config.workdir, config.git.author, timeout=config.git.timeout
         )
         self.discovery = Discovery(config, self.mirror)
+        self.steering = Steering(self.mirror)
         self.membership: ShardMembership = LocalMembership(config.shards)
+        # Late-bound: the membership is replaced when Redis is configured.
+        self.board = StatusBoard(
+            config, self.metrics, lambda: self.membership.owned(), self._budget_used
+        )
         self.writeback = WriteBack(
             self.mirror,
             self.metrics,
             config.interval,
-            # Late-bound: the membership is replaced when Redis is configured.
             lambda shard: self.membership.fence(shard),
+            on_written=self.board.written,
         )
         self.scheduler: Scheduler | None = None  # while the daemon runs
         # The task whose failure stopped the daemon on purpose (the CLI exits 1).
@@ -172,9 +179,13 @@ class Engine:
 
     # --- discovery and checks: both paths --------------------------------------------
 
-    async def discover(self, *, log_problems: bool = True, fetch: bool = True) -> WatchSet:
+    async def discover(
+        self, *, log_problems: bool = True, fetch: bool = True, holds: bool = True
+    ) -> WatchSet:
+        """Every block of every branch; with ``holds``, each block's state read from its
+        branch's history too (the reports that only count blocks skip that)."""
         try:
-            watch = await asyncio.to_thread(self.discovery.run, fetch=fetch)
+            watch = await asyncio.to_thread(self._discover, fetch, holds)
         except GitError as exc:
             self._git_problem = f"git remote unreachable: {exc}"
             raise
@@ -189,7 +200,20 @@ class Engine:
                 reason=problem.message,
             )
         self.metrics.image_blocks.set(watch.block_count)
+        self.board.discovered(watch)
         return watch
+
+    def _discover(self, fetch: bool, holds: bool) -> WatchSet:
+        """Discovery with holds applied: every block's state from its branch's history."""
+        watch = self.discovery.run(fetch=fetch)
+        return self.steering.apply(watch) if holds else watch
+
+    def _budget_used(self, budget: str) -> int:
+        # The gauge every grant sets: the page shows what the dashboard shows.
+        value = self.metrics.registry.get_sample_value(
+            "image_watcher_budget_window_used", {"budget": budget}
+        )
+        return int(value or 0)
 
     async def check(
         self, image: ImageName, blocks: Sequence[FoundBlock], **context: int
@@ -197,7 +221,9 @@ class Engine:
         """Look one image up and decide every block that follows it, as our commits left
         them; a failure skips the image (``Checked.failed``) and is counted."""
         blocks = self.writeback.as_written(blocks)
-        return await checks.check(self.lookups, self.metrics, image, blocks, **context)
+        checked = await checks.check(self.lookups, self.metrics, image, blocks, **context)
+        self.board.checked(checked)
+        return checked
 
     # --- watcher once ------------------------------------------------------------------
 

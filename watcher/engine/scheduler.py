@@ -181,6 +181,9 @@ class Scheduler:
         running = self._inflight.get(image)
         if running is not None:
             return running[1]
+        # The sweep's list is as of its start; a discovery since may have read a
+        # person's change (a revert that holds the block): decide on the latest.
+        blocks = self._images.get(image, blocks)
         # "end": a check is one-shot (and handles its own failures); should
         # one escape anyway, it is logged and counted, and the next sweep
         # checks the image again.

@@ -50,8 +50,12 @@ class WriteBack:
         metrics: Metrics,
         interval: float,
         fence_of: Callable[[int], int | None],
+        *,
+        on_written: Callable[[WriteOutcome], None] | None = None,
     ) -> None:
         self.mirror = mirror
+        # Told every outcome (the status board: updates a push left pending are failing).
+        self._on_written = on_written
         self.metrics = metrics
         self._interval = interval
         self._batch_delay = min(BATCH_DELAY, interval / 20)
@@ -94,12 +98,7 @@ class WriteBack:
             written = self._written.get(block.id)
             if written is not None:
                 edit = written[0]
-                raw = (
-                    replace(block.raw, shasum=edit.new)
-                    if edit.field == "shasum"
-                    else replace(block.raw, override_tag=edit.new)
-                )
-                block = replace(block, raw=raw)
+                block = replace(block, raw=block.raw.with_value(edit.field, edit.new))
             current.append(block)
         return current
 
@@ -128,6 +127,8 @@ class WriteBack:
             report_error(self.metrics, exc, "write-back failed", branch=branch)
             return None
         self._account(branch, outcome)
+        if self._on_written is not None:
+            self._on_written(outcome)
         if outcome.result == "committed" and outcome.parent is not None:
             for update in outcome.applied:
                 self._written[update.block] = (update.edit, outcome.parent)

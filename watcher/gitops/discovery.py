@@ -17,17 +17,20 @@ from watcher.gitops.mirror import GitMirror
 from watcher.gitops.profile import STAGES
 from watcher.gitops.values.compose import collector_paused
 from watcher.references import ImageName, canonical_name
+from watcher.steer.holds import FOLLOWING, Steer
 from watcher.strategies import Policy, parse_policy
 
 
 @dataclass(frozen=True)
 class FoundBlock:
-    """An image block with its interpretation: which image, which policy."""
+    """An image block with its interpretation: which image, which policy, which state
+    (following, pinned, held, off: :mod:`watcher.steer.holds`)."""
 
     id: BlockId
     raw: RawBlock
     image: ImageName
     policy: Policy
+    steer: Steer = FOLLOWING
 
 
 @dataclass(frozen=True)

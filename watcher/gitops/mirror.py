@@ -282,6 +282,10 @@ class GitMirror:
             return None
         return out or None
 
+    def log(self, *args: str) -> str:
+        """``git log ARGS``: the history holds and ``watcher history`` are read from."""
+        return self._run("log", *args)
+
     # --- writing -----------------------------------------------------------------------
 
     def commit_and_push(
@@ -292,15 +296,17 @@ class GitMirror:
         message: str,
         *,
         alone: bool = False,
+        author: Author | None = None,
     ) -> PushResult:
-        """Commit ``changes`` on top of ``parent`` (no checkout) and push it to ``branch``.
+        """Commit ``changes`` on top of ``parent`` (no checkout) and push it to ``branch``;
+        by ``author`` (author and committer: a person's command), else the watcher.
 
         The push goes out with other branches' pushes waiting at the same time, unless
         ``alone`` (a retry after a conflict, which must not wait for anyone).
         """
         try:
             with STAGES.time("commits"):
-                sha = self.commit(parent, changes, message)
+                sha = self.commit(parent, changes, message, author)
         except GitError as exc:
             return PushResult("error", str(exc))
         with STAGES.time("pushes"):
@@ -308,13 +314,21 @@ class GitMirror:
                 return self._push_now({branch: sha})[branch]
             return self._pushes.push(branch, sha)
 
-    def commit(self, parent: str, changes: Mapping[str, bytes], message: str) -> str:
-        """A commit of ``changes`` (path -> content) on top of ``parent``; its id."""
+    def commit(
+        self,
+        parent: str,
+        changes: Mapping[str, bytes],
+        message: str,
+        author: Author | None = None,
+    ) -> str:
+        """A commit of ``changes`` (path -> content) on top of ``parent``; its id. By
+        ``author`` (a person's command), else the watcher's own identity."""
         builder = commits.TreeBuilder(self.read_object)
         tree = builder.build(builder.tree_of(parent), changes)
+        by = author or self.author
         with self._lock.held() as fd:
             builder.write(self.workdir, fd)
-            return commits.commit_tree(self.workdir, tree, parent, message, self.author, fd)
+            return commits.commit_tree(self.workdir, tree, parent, message, by, fd)
 
     def _push_grouped(self, shas: Mapping[str, str]) -> dict[str, PushResult]:
         """Several branches in one push; a branch it failed for is pushed again alone.

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from watcher.blocks import Update
+from watcher.config import Author
 from watcher.errors import GitError
 from watcher.gitops import values
 from watcher.gitops.mirror import GitMirror
 from watcher.gitops.profile import STAGES
+from watcher.steer import trailers
+from watcher.steer.trailers import Mark
 
 Result = Literal["committed", "unchanged", "conflict", "error"]
 
@@ -64,8 +67,23 @@ class BranchWriter:
         self.attempts = max(1, attempts)
         self.backoff = backoff
 
-    def write(self, updates: Sequence[Update]) -> WriteOutcome:
-        """Apply the meaning of ``updates`` on the branch head and push; retry on conflict."""
+    def write(
+        self,
+        updates: Sequence[Update],
+        *,
+        message: Callable[[Sequence[Update]], str] | None = None,
+        author: Author | None = None,
+        record: bool = False,
+    ) -> WriteOutcome:
+        """Apply the meaning of ``updates`` on the branch head and push; retry on conflict.
+
+        The watcher's own batches take the defaults. A person's command passes its
+        ``message`` (made from the updates that apply), its ``author``, and ``record``:
+        commit even when no byte changes (the commit is the record, its trailers what
+        holds are read from), provided every update still means what it meant (applies,
+        or is in place already); a block changed meanwhile drops it, and then nothing is
+        committed.
+        """
         todo = [u for u in updates if u.block.branch == self.branch]
         dropped = [
             Dropped(u, f"belongs to branch {u.block.branch}, not {self.branch}")
@@ -88,17 +106,18 @@ class BranchWriter:
                 )
             try:
                 with STAGES.time("edits"):
-                    changes, todo, newly_dropped = self._apply(head, todo)
+                    changes, todo, newly_dropped = self._apply(head, todo, record)
             except GitError as exc:
                 return self._outcome("error", todo, dropped, attempt, str(exc))
             dropped.extend(newly_dropped)
-            if not changes:
+            if not changes and not (record and todo and not newly_dropped):
                 return WriteOutcome(
                     "unchanged", dropped=tuple(dropped), attempts=attempt, parent=head
                 )
+            text = (message or self._message)(todo)
             # A retry goes alone: it must not wait for other branches' pushes.
             pushed = self.mirror.commit_and_push(
-                self.branch, head, changes, self._message(todo), alone=attempt > 1
+                self.branch, head, changes, text, alone=attempt > 1, author=author
             )
             if pushed.result == "ok":
                 return WriteOutcome(
@@ -130,9 +149,10 @@ class BranchWriter:
         )
 
     def _apply(
-        self, head: str, updates: list[Update]
+        self, head: str, updates: list[Update], keep_already: bool = False
     ) -> tuple[dict[str, bytes], list[Update], list[Dropped]]:
-        """The new file contents at ``head``, the updates they carry, and those dropped."""
+        """The new file contents at ``head``, the updates they carry, and those dropped
+        (``keep_already``: an update already in place counts as carried)."""
         by_file: dict[str, list[Update]] = {}
         for update in updates:
             by_file.setdefault(update.block.file, []).append(update)
@@ -152,7 +172,7 @@ class BranchWriter:
                 continue
             new_text, results = values.apply_edits(text, [u.edit for u in group])
             for update, result in zip(group, results, strict=True):
-                if result.applied:
+                if result.applied or (keep_already and result.status == "already"):
                     applied.append(update)
                 elif result.status == "already":
                     dropped.append(Dropped(update, f"already {update.edit.new}"))
@@ -163,6 +183,13 @@ class BranchWriter:
         return changes, applied, dropped
 
     def _message(self, applied: Sequence[Update]) -> str:
-        subject = f"image-watcher: update {len(applied)} image(s) on {self.branch}"
-        body = "\n".join(f"- {update.describe()}" for update in applied)
-        return f"{subject}\n\n{body}\n"
+        # The trailers are what holds are derived from (watcher.steer.trailers): what
+        # the watcher itself last wrote into each block.
+        return trailers.message(
+            f"image-watcher: update {len(applied)} image(s) on {self.branch}",
+            [f"- {update.describe()}" for update in applied],
+            [
+                Mark("set", update.block.ref, update.edit.field, update.edit.new)
+                for update in applied
+            ],
+        )

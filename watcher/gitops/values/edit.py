@@ -171,6 +171,8 @@ def _plan(
 
 
 def _valid(edit: Edit) -> bool:
+    if edit.new is None:  # emptying: only a pin is ever cleared
+        return edit.field != SHASUM
     return is_digest(edit.new) if edit.field == SHASUM else is_tag(edit.new)
 
 
@@ -223,7 +225,7 @@ def apply_edits(
     results: list[EditResult] = []
     splices: list[_Splice] = []
     applied: list[Edit] = []
-    claimed: dict[tuple[int, KeyPath, str], str] = {}
+    claimed: dict[tuple[int, KeyPath, str], str | None] = {}
     for order, edit in enumerate(edits):
         result = _decide(text, edit, index, scan.merge_sources, claimed, order)
         if isinstance(result, _Splice):
@@ -258,7 +260,7 @@ def _decide(
     edit: Edit,
     index: dict[tuple[int, KeyPath], Found],
     merge_sources: set[int],
-    claimed: dict[tuple[int, KeyPath, str], str],
+    claimed: dict[tuple[int, KeyPath, str], str | None],
     order: int,
 ) -> _Splice | EditResult:
     where = format_path(edit.path)
@@ -275,9 +277,9 @@ def _decide(
         )
     if raw.tag != edit.tag:
         return EditResult(edit, "skipped", f"tag changed from {edit.tag} to {raw.tag}")
-    previous = claimed.get((edit.document, edit.path, edit.field))
-    if previous is not None:
-        if previous == edit.new:
+    where_field = (edit.document, edit.path, edit.field)
+    if where_field in claimed:
+        if claimed[where_field] == edit.new:
             return EditResult(edit, "already", "the same edit is earlier in this batch")
         return EditResult(edit, "skipped", "another edit in this batch sets the same field")
     current = _current(found, edit.field)

@@ -136,9 +136,12 @@ def plain_is_safe(value: str, flow: bool = False) -> bool:
     return bool(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._:-]*", value))
 
 
-def render(value: str, style: str | None, flow: bool) -> str:
-    """``value`` as it goes into the file: in the quotes it replaces, else plain if safe."""
+def render(value: str | None, style: str | None, flow: bool) -> str:
+    """``value`` as it goes into the file: in the quotes it replaces, else plain if safe;
+    None (a field emptied) as an empty quoted string."""
     # Values come from the OCI grammar (letters, digits, `._-:`), so no escaping is needed.
+    if not value:
+        return "''" if style == "'" else '""'
     if style == "'":
         return f"'{value}'"
     if style == '"' or not plain_is_safe(value, flow):

@@ -1,0 +1,1 @@
+"""What the daemon serves to people: the status page (:mod:`watcher.web.page`)."""
