@@ -159,6 +159,27 @@ def test_processes_creating_one_clone_at_once_all_succeed(
     assert GitMirror(remote.url, workdir, AUTHOR).head(BRANCH) == remote.head(BRANCH)
 
 
+def test_a_clone_init_under_way_elsewhere_is_ours_but_a_strangers_lock_file_is_not(
+    remote: GitRemote, tmp_path: Path
+) -> None:
+    """Promise: what `git init` writes through lock files (seen while another process
+    of ours runs it, or left when it was killed) does not make our own clone refused."""
+    workdir = tmp_path / "clone"
+    workdir.mkdir()
+    (workdir / clone.LOCK_FILE).touch()
+    (workdir / "config.lock").write_text("[core]\n")
+    clone.check_empty(workdir)  # ours: accepted
+    mirror = GitMirror(remote.url, workdir, AUTHOR)
+    mirror.fetch()
+    assert mirror.head(BRANCH) == remote.head(BRANCH)
+    assert not (workdir / "config.lock").exists()
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "config.lock").write_text("")
+    with pytest.raises(GitError, match="not empty and not a git clone"):
+        clone.check_empty(theirs)
+
+
 def test_a_clone_cut_off_between_init_and_its_remote_is_completed(
     remote: GitRemote, tmp_path: Path
 ) -> None:

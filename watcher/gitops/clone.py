@@ -110,12 +110,6 @@ def is_clone(workdir: Path) -> bool:
     return (workdir / "HEAD").is_file() and (workdir / "objects").is_dir()
 
 
-# What `git init --bare` makes: a directory holding only these (and our lock) is a
-# clone whose creation another process has under way, or was cut off.
-_INIT_NAMES = frozenset({"HEAD", "config", "description", "hooks", "info", "objects", "refs",
-                         "branches", "packed-refs", "FETCH_HEAD", "logs"})  # fmt: skip
-
-
 def _entries(workdir: Path) -> set[str]:
     try:
         return {entry.name for entry in workdir.iterdir()} if workdir.exists() else set()
@@ -126,13 +120,15 @@ def _entries(workdir: Path) -> set[str]:
 def check_empty(workdir: Path) -> None:
     """Refuse, without touching it, a directory that holds anything but a clone of ours.
 
-    Ours: a clone, an empty directory, or one holding our lock file (with whatever a
-    ``git init`` another process is running, or was running when it was killed, left).
+    Ours: a clone, an empty directory, or one holding our lock file, which we create
+    before anything else. Whatever else is beside the lock is a ``git init`` another
+    process of ours is running (its temporary probe files and ``config.lock`` have
+    unpredictable names), or was running when it was killed: never a person's files.
     """
     if is_clone(workdir):
         return
     entries = _entries(workdir)
-    if entries and (LOCK_FILE not in entries or entries - _INIT_NAMES - {LOCK_FILE}):
+    if entries and LOCK_FILE not in entries:
         raise GitError(f"{workdir} is not empty and not a git clone; refusing to use it")
 
 
@@ -229,8 +225,10 @@ def prepare(url: str, workdir: Path, lock: CloneLock) -> list[str]:
     with lock.held() as fd:
         if not is_clone(workdir):
             check_empty(workdir)  # again, under the lock: what another process left
-            run(workdir, "init", "--quiet", "--bare", str(workdir), fds=(fd,))
+        # Before `init` too: a `config.lock` left by an init that was killed stops the next.
         removed = recover(workdir)
+        if not is_clone(workdir):
+            run(workdir, "init", "--quiet", "--bare", str(workdir), fds=(fd,))
         config = _config(workdir)
         urls = config.get(f"remote.{REMOTE}.url", [])
         if not urls and ours:
