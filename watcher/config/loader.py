@@ -33,6 +33,7 @@ from watcher.config.convert import (
     redis_url,
     share,
     string,
+    subscriptions,
 )
 from watcher.config.settings import (
     DEFAULT_LIMIT,
@@ -43,6 +44,7 @@ from watcher.config.settings import (
     Author,
     Config,
     Defaults,
+    EventsConfig,
     GitConfig,
     Limit,
     RedisConfig,
@@ -83,7 +85,8 @@ AUTHOR: dict[str, Convert] = {"name": nonempty_string, "email": nonempty_string}
 REDIS: dict[str, Convert] = {"url": redis_url, "cluster": boolean, "ca_file": ca_file}
 DEFAULTS: dict[str, Convert] = {"strategy": choice(STRATEGIES), "holds": choice(HOLDS)}
 SERVER: dict[str, Convert] = {"port": integer(0, 65535)}
-SECTIONS = ("redis", "limits", "registries", "git", "defaults", "server")
+EVENTS: dict[str, Convert] = {"subscriptions": subscriptions, "backstop": duration}
+SECTIONS = ("redis", "limits", "registries", "git", "defaults", "server", "events")
 
 
 def default(cls: type[Any], name: str) -> Any:
@@ -299,6 +302,7 @@ def load_text(
     git = _git(r, top, environ)
     defaults = r.section(top, "defaults", Defaults, DEFAULTS)
     server = r.section(top, "server", ServerConfig, SERVER)
+    events = r.section(top, "events", EventsConfig, EVENTS)
     if r.problems:
         raise ConfigError(r.problems)
     return Config(
@@ -309,6 +313,7 @@ def load_text(
         git=git,
         defaults=defaults,
         server=server,
+        events=events,
         source=source,
     )
 

@@ -147,6 +147,26 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class EventsConfig:
+    """Registry events (``events``): Google's registries publish every push to the
+    Pub/Sub topic ``gcr`` of their project; each message makes the image's owner check
+    it at once. Optional: without subscriptions, polling alone finds pushes."""
+
+    subscriptions: tuple[str, ...] = ()
+    """Pull subscriptions on ``gcr`` topics, each ``projects/P/subscriptions/S``, read with
+    Application Default Credentials (``PUBSUB_EMULATOR_HOST`` reaches an emulator instead)."""
+    backstop: float = 600.0
+    """How often images covered by events are still polled (``10m``): an image on a
+    registry served with ``api: google`` whose project (the first path segment) has a
+    subscription, or sent an event. A lost message costs at most this long."""
+
+    @property
+    def projects(self) -> frozenset[str]:
+        """The projects the subscriptions belong to."""
+        return frozenset(path.split("/")[1] for path in self.subscriptions)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole of ``shards.yaml``."""
 
@@ -162,6 +182,7 @@ class Config:
     git: GitConfig = field(default_factory=GitConfig)
     defaults: Defaults = field(default_factory=Defaults)
     server: ServerConfig = field(default_factory=ServerConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
     source: str = "<defaults>"
     """The file it was read from (for messages); not a key."""
 

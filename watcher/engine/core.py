@@ -33,12 +33,15 @@ from watcher.cluster.connection import RedisClient, connect_to
 from watcher.cluster.membership import LocalMembership, Membership, ShardMembership
 from watcher.config import Config
 from watcher.engine import checks, slots
-from watcher.engine.checks import Checked
+from watcher.engine.checks import Checked, Decided
 from watcher.engine.scheduler import Scheduler
 from watcher.engine.status import StatusBoard
 from watcher.engine.supervise import Supervisor, report_error, sleep_until
 from watcher.engine.writeback import WriteBack
 from watcher.errors import GitError
+from watcher.events import coverage
+from watcher.events.routing import EventRouter
+from watcher.events.subscriber import Subscriber
 from watcher.gitops.discovery import Discovery, FoundBlock, WatchSet
 from watcher.gitops.mirror import GitMirror
 from watcher.gitops.steering import Steering
@@ -97,6 +100,8 @@ class Engine:
         self.fatal: str | None = None
         self._stack: AsyncExitStack | None = None
         self._lookups: Lookups | None = None
+        self._redis: RedisClient | None = None
+        self.router: EventRouter | None = None  # while the daemon runs with events
         self._git_problem: str | None = "the git remote has not been read yet"
 
     # --- resources ---------------------------------------------------------------------
@@ -128,6 +133,7 @@ class Engine:
                     self.config, client, membership.replica_id, membership.replicas
                 )
                 self.membership = membership
+                self._redis = client
             self._lookups = Lookups(
                 self.config,
                 session,
@@ -216,12 +222,18 @@ class Engine:
         return int(value or 0)
 
     async def check(
-        self, image: ImageName, blocks: Sequence[FoundBlock], **context: int
+        self,
+        image: ImageName,
+        blocks: Sequence[FoundBlock],
+        fresh_since: float | None = None,
+        **context: int,
     ) -> Checked:
         """Look one image up and decide every block that follows it, as our commits left
         them; a failure skips the image (``Checked.failed``) and is counted."""
         blocks = self.writeback.as_written(blocks)
-        checked = await checks.check(self.lookups, self.metrics, image, blocks, **context)
+        checked = await checks.check(
+            self.lookups, self.metrics, image, blocks, fresh_since, **context
+        )
         self.board.checked(checked)
         return checked
 
@@ -278,6 +290,7 @@ class Engine:
         async with asyncio.TaskGroup() as group:
             supervisor = Supervisor(group, stop, self.metrics)
             self.writeback.start(supervisor, stop)
+            events = self.config.events.subscriptions
             scheduler = self.scheduler = Scheduler(
                 self.config.shards,
                 self.config.interval,
@@ -286,7 +299,10 @@ class Engine:
                 self._check_in_shard,
                 supervisor,
                 stop,
+                due=self._due if events else None,
             )
+            if events:
+                self._start_events(supervisor, stop)
             # Stopped on failure, not restarted: the leases back the fences every
             # write is checked against. A replica whose lease loop died would go
             # on checking shards the others have taken over, its /readyz green;
@@ -304,6 +320,30 @@ class Engine:
             shards.cancel()
             await self.writeback.stop()
         self.fatal = supervisor.fatal
+
+    def _due(self, image: ImageName, sweep: int) -> bool:
+        """Whether a sweep checks ``image``: always, but at the backstop when events cover it."""
+        projects = self.router.projects if self.router is not None else ()
+        if not coverage.covered(self.config, image, projects):
+            return True
+        return coverage.due(image, sweep, coverage.period(self.config))
+
+    def _start_events(self, supervisor: Supervisor, stop: asyncio.Event) -> None:
+        """The subscriptions' streams and the routing of their messages to shard owners."""
+        membership = self.membership
+        router = self.router = EventRouter(
+            lambda: self.scheduler,
+            self.metrics,
+            supervisor,
+            stop,
+            client=self._redis,
+            replica_id=getattr(membership, "replica_id", "local"),
+            shards=self.config.shards,
+        )
+        subscriber = Subscriber(self.config.events.subscriptions, self.metrics, router.deliver)
+        # Restarted: a stream keeps nothing of its own; unacked messages come again.
+        supervisor.spawn("event subscriber", partial(subscriber.run, stop), on_failure="restart")
+        supervisor.spawn("event hand-off", router.run, on_failure="restart")
 
     async def _discovery_loop(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -323,9 +363,13 @@ class Engine:
             await sleep_until(origin + tick * interval, stop)
 
     async def _check_in_shard(
-        self, shard: int, image: ImageName, blocks: Sequence[FoundBlock]
-    ) -> None:
-        checked = await self.check(image, blocks, shard=shard)
+        self,
+        shard: int,
+        image: ImageName,
+        blocks: Sequence[FoundBlock],
+        fresh_since: float | None = None,
+    ) -> Decided:
+        checked = await self.check(image, blocks, fresh_since, shard=shard)
         fence = self.membership.fence(shard)
-        for update in checked.updates:
-            self.writeback.queue(update, shard, fence)
+        landings = [self.writeback.queue(update, shard, fence) for update in checked.updates]
+        return Decided(checked.failed, checked.missing, landings)
