@@ -107,7 +107,7 @@ PROBLEM_LOG_EVERY = 60.0
 
 # Hints for one image arriving within this long of the first share one check:
 # Pub/Sub delivers a push's messages (digest, then each tag) in one burst.
-EVENT_GATHER = 0.05
+EVENT_GATHER = 0.1
 # A shared-cache entry written less than this long after an event's publish time is
 # not trusted for it: its request may have left before the push was visible.
 EVENT_CACHE_MARGIN = 1.0
@@ -123,6 +123,11 @@ EVENT_HANDOFF_TIMEOUT = 60.0
 EVENT_RETRY_DELAY = 10.0
 # Messages a subscriber holds at once (Pub/Sub flow control): more wait on the server.
 EVENT_FLOW_MESSAGES = 1000
+# Each lease extension of a message in hand is at most this long (seconds, 10-600):
+# the longest a dead replica's messages wait before Pub/Sub redelivers them. The
+# client's default (60 s) would hold a push back a minute; shorter costs more
+# extension requests (one per message every ~0.9 of it, for messages held that long).
+EVENT_LEASE_EXTENSION = 15
 # A subscription's stream that failed is opened again after this long, doubling per
 # failure in a row, up to the maximum.
 EVENT_RECONNECT_FIRST = 1.0

@@ -348,8 +348,12 @@ class GoogleRegistryEmulator:
         size: int = 1_048_576,
         platforms: tuple[str, ...] = ("linux/amd64", "linux/arm64"),
         media_type: str | None = None,
+        announce: bool = True,
     ) -> str:
         """Store a new image (every push is new content) and point ``tag`` at it.
+
+        With ``settings.pubsub``, the push is published on the project's ``gcr`` topic
+        unless ``announce`` is false (a test publishing the messages itself).
 
         ``index`` / ``list`` store one image per platform, untagged, as GCR lists them.
         ``media_type`` (``oci`` / ``docker`` only) overrides the manifest's media type,
@@ -408,7 +412,8 @@ class GoogleRegistryEmulator:
             repo.manifests[top.digest] = top
         if tag is not None:
             repo.tags[tag] = top.digest
-        self._announce(path, "INSERT", digest=top.digest, tag=tag)
+        if announce:
+            self._announce(path, "INSERT", digest=top.digest, tag=tag)
         return top.digest
 
     def _announce(

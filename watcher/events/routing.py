@@ -244,6 +244,7 @@ class EventRouter:
             return  # not ours to read: the receiver times out and redelivers
         self.projects.add(coverage.project(image))
         outcome = await self.apply(image, float(published) if published is not None else None)
+        log.info("event checked for another replica", image=str(image), outcome=outcome)
         try:
             if outcome == "elsewhere":
                 # The shard changed hands since: its new owner takes it from the list.

@@ -28,7 +28,12 @@ import structlog
 from watcher.engine.supervise import sleep_until
 from watcher.logs import Occasionally
 from watcher.metrics import Metrics
-from watcher.tuning import EVENT_FLOW_MESSAGES, EVENT_RECONNECT_FIRST, EVENT_RECONNECT_MAX
+from watcher.tuning import (
+    EVENT_FLOW_MESSAGES,
+    EVENT_LEASE_EXTENSION,
+    EVENT_RECONNECT_FIRST,
+    EVENT_RECONNECT_MAX,
+)
 
 log = structlog.get_logger()
 
@@ -97,9 +102,13 @@ class Subscriber:
             future = client.subscribe(
                 subscription,
                 callback,
-                flow_control=pubsub_v1.types.FlowControl(max_messages=EVENT_FLOW_MESSAGES),
+                flow_control=pubsub_v1.types.FlowControl(
+                    max_messages=EVENT_FLOW_MESSAGES,
+                    max_duration_per_lease_extension=EVENT_LEASE_EXTENSION,
+                ),
             )
             connected.set(1)
+            log.info("event subscription open", subscription=subscription)
             began = loop.time()
             ended = asyncio.ensure_future(asyncio.wrap_future(future))
             stopping = asyncio.ensure_future(stop.wait())
