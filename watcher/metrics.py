@@ -121,6 +121,12 @@ class Metrics:
             [],
             (0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300, 600),
         )
+        self.events_missed = self._counter(
+            "events_missed_total",
+            "Images covered by registry events whose change the backstop's polling found "
+            "first: a push no event announced (or announced late).",
+            [],
+        )
         self.events_connected = self._gauge(
             "events_subscriber_connected",
             "1 while the streaming pull of the subscription is open.",
