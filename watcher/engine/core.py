@@ -370,11 +370,16 @@ class Engine:
         fresh_since: float | None = None,
     ) -> Decided:
         checked = await self.check(image, blocks, fresh_since, shard=shard)
-        if checked.updates and fresh_since is None and self.router is not None:
-            if coverage.covered(self.config, image, self.router.projects):
-                # Polling found what an event should have announced: the alert's signal
-                # for a subscription that stopped delivering.
-                self.metrics.events_missed.inc()
+        router = self.router
+        if (
+            checked.updates
+            and fresh_since is None
+            and router is not None
+            and coverage.covered(self.config, image, router.projects)
+        ):
+            # Polling found what an event should have announced: the alert's signal
+            # for a subscription that stopped delivering.
+            self.metrics.events_missed.inc()
         fence = self.membership.fence(shard)
         landings = [self.writeback.queue(update, shard, fence) for update in checked.updates]
         return Decided(checked.failed, checked.missing, landings)
