@@ -122,10 +122,13 @@ def write_config(path: Path, text: str) -> Path:
     return path
 
 
-def spawn_daemon(name: str, workdir: Path, config: Path) -> Daemon:
+def spawn_daemon(
+    name: str, workdir: Path, config: Path, env: Mapping[str, str] | None = None
+) -> Daemon:
     workdir.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
+        **(env or {}),
         "XDG_CACHE_HOME": str(workdir / "cache"),
         "BENCH_REGISTRY_USER": REGISTRY_USER,
         "BENCH_REGISTRY_PASSWORD": REGISTRY_PASSWORD,

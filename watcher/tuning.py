@@ -108,6 +108,10 @@ PROBLEM_LOG_EVERY = 60.0
 # Hints for one image arriving within this long of the first share one check:
 # Pub/Sub delivers a push's messages (digest, then each tag) in one burst.
 EVENT_GATHER = 0.1
+# An event's update waits at most this long for others to share its commit (the
+# interval's batch delay, up to 2 s, would be most of an event's latency): pushes
+# announced together still land together, one commit per branch.
+EVENT_BATCH_DELAY = 0.2
 # A shared-cache entry written less than this long after an event's publish time is
 # not trusted for it: its request may have left before the push was visible.
 EVENT_CACHE_MARGIN = 1.0

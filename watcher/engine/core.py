@@ -381,5 +381,9 @@ class Engine:
             # for a subscription that stopped delivering.
             self.metrics.events_missed.inc()
         fence = self.membership.fence(shard)
-        landings = [self.writeback.queue(update, shard, fence) for update in checked.updates]
+        # An event's check (it names the time its answers must be fresh from) is urgent.
+        urgent = fresh_since is not None
+        landings = [
+            self.writeback.queue(update, shard, fence, urgent=urgent) for update in checked.updates
+        ]
         return Decided(checked.failed, checked.missing, landings)

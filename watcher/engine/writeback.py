@@ -32,13 +32,20 @@ from watcher.gitops.discovery import FoundBlock, WatchSet
 from watcher.gitops.mirror import GitMirror
 from watcher.gitops.writer import BranchWriter, WriteOutcome
 from watcher.metrics import Metrics
-from watcher.tuning import ABORT_REAP, BATCH_DELAY, STOP_GRACE, WRITER_THREADS
+from watcher.tuning import (
+    ABORT_REAP,
+    BATCH_DELAY,
+    EVENT_BATCH_DELAY,
+    STOP_GRACE,
+    WRITER_THREADS,
+)
 
 log = structlog.get_logger()
 
-# An update on its way to a writer: the update, its shard, and the shard's
-# fence when the update was decided (None: the shard was not held then).
-Queued = tuple[Update, int, int | None]
+# An update on its way to a writer: the update, its shard, the shard's fence
+# when the update was decided (None: the shard was not held then), and how long
+# its batch may wait for more after it arrives.
+Queued = tuple[Update, int, int | None, float]
 
 
 class WriteBack:
@@ -243,11 +250,14 @@ class WriteBack:
         self._supervisor = supervisor
         self._stop = stop
 
-    def queue(self, update: Update, shard: int, fence: int | None) -> asyncio.Future[bool]:
+    def queue(
+        self, update: Update, shard: int, fence: int | None, *, urgent: bool = False
+    ) -> asyncio.Future[bool]:
         """Queue ``update`` for its branch's writer; the future says when it is settled:
         True once a commit carrying it is pushed, False when it was dropped (a person's
         edit won, its shard changed hands) or found already written. Cancelled when the
-        process stops before then."""
+        process stops before then. ``urgent`` (a registry event's update): its batch
+        waits at most ``EVENT_BATCH_DELAY`` for more, not the interval's batch delay."""
         landing: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         if self._stopping():
             # No new write starts once stopping (and no new writer, which
@@ -267,7 +277,8 @@ class WriteBack:
             self._tasks[branch] = self._supervisor.spawn(
                 f"writer {branch}", partial(self._writer, branch), on_failure="restart"
             )
-        queue.put_nowait((update, shard, fence))
+        delay = min(self._batch_delay, EVENT_BATCH_DELAY) if urgent else self._batch_delay
+        queue.put_nowait((update, shard, fence, delay))
         return landing
 
     async def _writer(self, branch: str) -> None:
@@ -300,18 +311,22 @@ class WriteBack:
             return []
         loop = asyncio.get_running_loop()
         items = [first]
-        deadline = loop.time() + self._batch_delay
+        began = loop.time()
+        # The most urgent item decides how long the batch waits for more.
+        deadline = began + first[3]
         while (left := deadline - loop.time()) > 0:
             try:
-                items.append(await asyncio.wait_for(queue.get(), left))
+                item = await asyncio.wait_for(queue.get(), left)
             except TimeoutError:
                 break
+            items.append(item)
+            deadline = min(deadline, began + item[3])
         return items
 
     def _admit(self, branch: str, items: list[Queued]) -> list[Update]:
         """Add ``items`` to the branch's pending updates; the batch to write now."""
         pending, fences = self.pending[branch], self._fences[branch]
-        for update, shard, fence in items:
+        for update, shard, fence, _ in items:
             pending[update.block] = update
             fences[update.block] = (shard, fence)
         # A shard lost since the update was decided: its new owner decides
