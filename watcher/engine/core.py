@@ -76,7 +76,11 @@ class Engine:
         self.metrics = metrics or Metrics()
         self._environ = os.environ if environ is None else environ
         self.mirror = GitMirror(
-            config.git.url, config.workdir, config.git.author, timeout=config.git.timeout
+            config.git.url,
+            config.workdir,
+            config.git.author,
+            timeout=config.git.timeout,
+            signing=config.git.signing,
         )
         self.discovery = Discovery(config, self.mirror)
         self.steering = Steering(self.mirror)
