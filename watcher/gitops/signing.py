@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
+from pathlib import Path
 
 from watcher.config import Signing
 from watcher.tuning import SIGNING_CHECK_TIMEOUT
@@ -27,6 +29,7 @@ _GPG = "gpg"
 # git's SSH signature namespace: a signature made for another namespace does not verify.
 _NAMESPACE = "git"
 _PROBE = b"image-tag-watcher signing check\n"
+_PROMPT = "Enter passphrase:"
 
 
 def options(signing: Signing) -> tuple[str, ...]:
@@ -49,7 +52,12 @@ def _ssh_problem(key: str) -> str | None:
             pass
     except OSError as exc:
         return f"key {key}: cannot read it ({exc.strerror or exc})"
-    why = _sign([_SSH_KEYGEN, "-Y", "sign", "-n", _NAMESPACE, "-f", key])
+    # As git does it: the data in a file, signed into FILE.sig; stdin is not for data,
+    # since ssh-keygen reads a passphrase from it when there is no terminal.
+    with tempfile.TemporaryDirectory(prefix="watcher-signing-") as scratch:
+        data = Path(scratch) / "data"
+        data.write_bytes(_PROBE)
+        why = _run([_SSH_KEYGEN, "-Y", "sign", "-n", _NAMESPACE, "-f", key, str(data)])
     return f"key {key} cannot sign: {why}" if why else None
 
 
@@ -59,20 +67,16 @@ def _openpgp_problem(key: str) -> str | None:
         return f"key {key}: gpg holds no secret key by that id ({listed})"
     # What git runs (`gpg --status-fd=2 -bsau KEY`), without a prompt: a key that
     # needs a passphrase nobody can type fails here rather than hanging a commit.
-    why = _sign([_GPG, "--batch", "--no-tty", "--pinentry-mode", "error", "-bsau", key])
+    why = _run([_GPG, "--batch", "--no-tty", "--pinentry-mode", "error", "-bsau", key], _PROBE)
     return f"key {key} cannot sign: {why}" if why else None
 
 
-def _sign(command: list[str]) -> str | None:
-    return _run(command, _PROBE)
-
-
-def _run(command: list[str], data: bytes | None = None) -> str | None:
+def _run(command: list[str], data: bytes = b"") -> str | None:
     """Run ``command`` (``data`` on stdin); None on success, else its last words."""
     try:
         done = subprocess.run(
             command,
-            input=data if data is not None else b"",
+            input=data,  # never the terminal's stdin: nothing may wait on a person
             capture_output=True,
             timeout=SIGNING_CHECK_TIMEOUT,
             # No terminal to ask a passphrase on: a key needing one fails, it never waits.
@@ -86,4 +90,7 @@ def _run(command: list[str], data: bytes | None = None) -> str | None:
     if done.returncode == 0:
         return None
     lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
-    return " ".join(lines[-1].split()) if lines else f"{command[0]} exit status {done.returncode}"
+    if not lines:
+        return f"{command[0]} exit status {done.returncode}"
+    # ssh-keygen prompts even without a terminal, and its reason follows on that line.
+    return " ".join(lines[-1].rpartition(_PROMPT)[2].split())
