@@ -32,6 +32,7 @@ from watcher.config.convert import (
     nonempty_string,
     redis_url,
     share,
+    signing_key,
     string,
 )
 from watcher.config.settings import (
@@ -86,7 +87,7 @@ GIT: dict[str, Convert] = {
     "timeout": duration,
 }
 AUTHOR: dict[str, Convert] = {"name": nonempty_string, "email": nonempty_string}
-SIGNING: dict[str, Convert] = {"format": choice(SIGNING_FORMATS), "key": nonempty_string}
+SIGNING: dict[str, Convert] = {"format": choice(SIGNING_FORMATS), "key": signing_key}
 REDIS: dict[str, Convert] = {"url": redis_url, "cluster": boolean, "ca_file": ca_file}
 DEFAULTS: dict[str, Convert] = {"strategy": choice(STRATEGIES), "holds": choice(HOLDS)}
 SERVER: dict[str, Convert] = {"port": integer(0, 65535)}
