@@ -22,7 +22,7 @@ from pathlib import Path
 
 import structlog
 
-from watcher.config import Author, Signing
+from watcher.config import Author, Config, Signing
 from watcher.errors import GitError
 from watcher.gitops import clone, commits, push
 from watcher.gitops.catfile import CatFile
@@ -80,6 +80,12 @@ class GitMirror:
         self._objects = CatFile(self.workdir)
         self._trees: dict[str, bytes] = {}
         self._pushes = push.PushQueue(self._push_grouped)
+
+    @classmethod
+    def of(cls, config: Config) -> GitMirror:
+        """The clone of the remote ``config`` names, with its author, timeout and signing."""
+        git = config.git
+        return cls(git.url, config.workdir, git.author, timeout=git.timeout, signing=git.signing)
 
     # --- the clone ---------------------------------------------------------------------
 
