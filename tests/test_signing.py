@@ -282,14 +282,18 @@ async def test_keys_that_cannot_sign_are_config_errors(
         shutil.copy(key.key, unreadable)
         unreadable.chmod(0)
         missing = tmp_path / "keys" / "missing"
-        cases = {
-            f"{{format: ssh, key: {missing}}}": f"key {missing}: no such file",
+        problem = "git.signing: key"
+        cases = {  # git.signing -> the problem reported at its line
+            f"{{format: ssh, key: {missing}}}": f"{problem} {missing}: no such file",
             f"{{format: ssh, key: {unreadable}}}": (
-                f"key {unreadable}: cannot read it (Permission denied)"
+                f"{problem} {unreadable}: cannot read it (Permission denied)"
             ),
-            f"{{format: ssh, key: {locked}}}": f"key {locked} cannot sign: Load key",
+            f"{{format: ssh, key: {locked}}}": f"{problem} {locked} cannot sign: Load key",
+            f"{{format: x509, key: {key.key}}}": (
+                "git.signing.format: must be one of ssh, openpgp, not 'x509'"
+            ),
             "{format: openpgp, key: '0xDEADBEEFDEADBEEF'}": (
-                "key 0xDEADBEEFDEADBEEF: gpg holds no secret key by that id"
+                f"{problem} 0xDEADBEEFDEADBEEF: gpg holds no secret key by that id"
             ),
         }
         head = world.remote.head("environment/a")
@@ -304,7 +308,7 @@ async def test_keys_that_cannot_sign_are_config_errors(
             )
             assert_clean(out, 2)
             assert len(out.reasons) == 1, out.describe()
-            assert out.reasons[0].startswith(f"{config}:{line}: git.signing: {why}"), out.describe()
+            assert out.reasons[0].startswith(f"{config}:{line}: {why}"), out.describe()
             assert key.secret_body() not in out.stdout + out.stderr
         # Nothing was committed, let alone pushed unsigned.
         assert world.remote.head("environment/a") == head
