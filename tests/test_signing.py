@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ from tests.conftest import DockerRegistry, GitRemote, git, make_remote
 from watcher.config import load_text
 from watcher.engine import Engine
 from watcher_testing.images import push_image
+from watcher_testing.waiting import wait_until_async
 
 pytestmark = pytest.mark.integration
 
@@ -136,6 +138,7 @@ git:
   author: {{name: image-watcher, email: watcher@example.com}}
   workdir: {dir / "clone"}
   signing: {signing}
+server: {{port: 0}}
 {extra}"""
 
 
@@ -221,6 +224,32 @@ async def test_once_and_the_peoples_commands_sign_with_ssh(
         f"{WATCHER}|{WATCHER}",
     ]
     assert all(key.secret_body() not in text for text in said)
+
+
+async def test_the_daemon_signs_its_batches(setup: Setup, tmp_path: Path) -> None:
+    key = ssh_key(tmp_path / "keys")
+    config = setup.write(f"{{format: ssh, key: {key.key}}}")
+    log = tmp_path / "daemon.log"
+    with log.open("wb") as sink:
+        daemon = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "watcher", "run", "--config", str(config),
+            stdout=sink, stderr=sink,
+        )  # fmt: skip
+    try:
+
+        def committed() -> bool:
+            return setup.remote.head(BRANCH) != setup.seeded
+
+        await wait_until_async(committed, 60, interval=0.2, what=lambda: log.read_text()[-3000:])
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(daemon.wait(), 60)
+    assert daemon.returncode == 0, log.read_text()[-3000:]
+    commits = setup.since_seed()
+    assert len(commits) == 1, commits
+    good = verify(setup.remote, commits[0], key.allowed)
+    assert good.returncode == 0, good.stderr
+    assert 'Good "git" signature for watcher@example.com' in good.stderr
 
 
 async def test_once_and_pin_sign_with_openpgp(setup: Setup, gnupg: GnuPG) -> None:
