@@ -1,7 +1,8 @@
 """Signed commits (``git.signing``) with real signatures: a throwaway ed25519 key made by
-``ssh-keygen`` and a throwaway GnuPG home, commits made by ``watcher once`` (a real
-docker-registry, a real remote) and by the people's commands, each checked with ``git
-verify-commit``; and the keys that cannot sign, refused at start with exit 2.
+``ssh-keygen`` and a throwaway GnuPG home, commits made by ``watcher once`` and
+``watcher run`` (a real docker-registry, a real remote) and by the people's commands,
+each checked with ``git verify-commit``; the keys that cannot sign, refused at start
+with exit 2; a key lost after the start, which fails the batch and pushes nothing.
 """
 
 from __future__ import annotations
@@ -125,9 +126,7 @@ def verify(
     )  # fmt: skip
 
 
-def config_text(
-    registry: DockerRegistry, remote: GitRemote, dir: Path, signing: str, extra: str = ""
-) -> str:
+def config_text(registry: DockerRegistry, remote: GitRemote, dir: Path, signing: str) -> str:
     return f"""
 interval: 1s
 registries:
@@ -139,7 +138,7 @@ git:
   workdir: {dir / "clone"}
   signing: {signing}
 server: {{port: 0}}
-{extra}"""
+"""
 
 
 @dataclass
@@ -196,7 +195,7 @@ async def test_once_and_the_peoples_commands_sign_with_ssh(
     pin = await setup.run("pin", "--config", str(config), "--author", ADA, BRANCH, API, "v1")
     said.append(pin.stdout + pin.stderr)
     assert pin.returncode == 0, pin.stderr
-    # A new build: the daemon's path again, on top of the person's pin (which it leaves).
+    # A new build, the pin released: `once` writes it on top of the person's commits.
     await push_image(session, setup.registry.url, "team/api", "master", kind="oci", seed="api-2")
     release = await setup.run("release", "--config", str(config), "--author", ADA, BRANCH, API)
     said.append(release.stdout + release.stderr)
