@@ -26,7 +26,7 @@ from tests.conftest import DockerRegistry, GitRemote, git, make_remote
 from watcher.config import load_text
 from watcher.engine import Engine
 from watcher_testing.images import push_image
-from watcher_testing.waiting import wait_until_async
+from watcher_testing.waiting import wait_until, wait_until_async
 
 pytestmark = pytest.mark.integration
 
@@ -110,9 +110,12 @@ def gnupg() -> Iterator[GnuPG]:
         )
         yield GnuPG(home, fingerprint)
     finally:
-        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False)
-        assert not _agents(home), "the throwaway home's gpg-agent outlived its test"
-        shutil.rmtree(home, ignore_errors=True)
+        try:
+            # --kill asks the agent to stop and returns; it ends a moment later.
+            subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False)
+            wait_until(lambda: not _agents(home), 10, what="the throwaway home's gpg-agent to end")
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
 
 
 def verify(
