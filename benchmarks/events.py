@@ -164,6 +164,7 @@ async def _run(tmp: Path, size: Size) -> dict[str, Any]:
         pubsub.stop()
     lands = _landings(daemon, size.environments)
     latencies = []
+    detail: list[tuple[str, float, float]] = []
     superseded = 0
     for image, digest, pushed in pushes:
         landed = lands.get((f"{emu.host}/{image}", digest))
@@ -176,6 +177,7 @@ async def _run(tmp: Path, size: Size) -> dict[str, Any]:
             latencies.append(float("inf"))
             continue
         latencies.append(max(0.0, landed - pushed))
+        detail.append((image, pushed, landed))
     during = [e for e in log if started_mono <= e.monotonic <= ended_mono]
     covered_share = size.images * (ended_mono - started_mono) / size.backstop
     whole = [e.monotonic for e in log if e.monotonic >= started_mono - 5]
@@ -185,6 +187,7 @@ async def _run(tmp: Path, size: Size) -> dict[str, Any]:
         "published": published,
         "superseded": superseded,
         "latencies": latencies,
+        "pushes_detail": detail,
         "push_phase_s": ended_mono - started_mono,
         "requests_during": len(during),
         "requests_by_kind": _by_kind(during),
@@ -225,8 +228,11 @@ def _scenario(name: str, opts: Options) -> Result:
         out = asyncio.run(_run(tmp, size))
     finally:
         if opts.workdir is None:
-            shutil.rmtree(tmp, ignore_errors=True)
+            # The run's files (a remote of up to 20,000 values files, the clone) are
+            # not worth keeping: the figures are in the results.
+            shutil.rmtree(tmp.parent, ignore_errors=True)
     lat = out.pop("latencies")
+    pushes_detail = out.pop("pushes_detail")
     finite = [v for v in lat if v != float("inf")]
     p50 = infra.percentile(lat, 50) if lat else float("nan")
     p99 = infra.percentile(lat, 99) if lat else float("nan")
@@ -319,7 +325,7 @@ def _scenario(name: str, opts: Options) -> Result:
         figures,
         rows,
         targets,
-        [],
+        [{"pushes": [{"image": i, "pushed": p, "landed": t} for i, p, t in pushes_detail]}],
         {},
         notes,
         time.monotonic() - started,

@@ -142,3 +142,10 @@ EVENT_RECONNECT_FIRST = 1.0
 EVENT_RECONNECT_MAX = 60.0
 # A hand-off list entry lives this long at most: the message is redelivered long before.
 EVENT_KEY_TTL = 600.0
+
+# --- the clone ----------------------------------------------------------------------------
+
+# Small packs (each write adds one) merged by a geometric repack after a fetch once
+# there are this many: few enough that object look-ups stay quick, many enough that
+# the repack runs every few dozen writes, each time merging only the small packs.
+REPACK_PACKS = 24

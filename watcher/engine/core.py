@@ -44,6 +44,7 @@ from watcher.events.routing import EventRouter
 from watcher.events.subscriber import Subscriber
 from watcher.gitops.discovery import Discovery, FoundBlock, WatchSet
 from watcher.gitops.mirror import GitMirror
+from watcher.gitops.profile import STAGES
 from watcher.gitops.steering import Steering
 from watcher.gitops.writer import WriteOutcome
 from watcher.metrics import Metrics
@@ -101,6 +102,8 @@ class Engine:
         self._redis: RedisClient | None = None
         self.router: EventRouter | None = None  # while the daemon runs with events
         self._git_problem: str | None = "the git remote has not been read yet"
+        # The last discovery's fetch, reading and holds, in seconds (for its log line).
+        self._timings = (0.0, 0.0, 0.0)
 
     # --- resources ---------------------------------------------------------------------
 
@@ -188,6 +191,7 @@ class Engine:
     ) -> WatchSet:
         """Every block of every branch; with ``holds``, each block's state read from its
         branch's history too (the reports that only count blocks skip that)."""
+        began = time.monotonic()
         try:
             watch = await asyncio.to_thread(self._discover, fetch, holds)
         except GitError as exc:
@@ -204,13 +208,32 @@ class Engine:
                 reason=problem.message,
             )
         self.metrics.image_blocks.set(watch.block_count)
+        threaded = time.monotonic() - began
         self.board.discovered(watch)
+        fetch_s, read_s, holds_s = self._timings
+        log.info(
+            "discovery done",
+            blocks=watch.block_count,
+            seconds=round(time.monotonic() - began, 3),
+            fetch_seconds=round(fetch_s, 3),
+            read_seconds=round(read_s, 3),
+            holds_seconds=round(holds_s, 3),
+            thread_seconds=round(threaded, 3),
+        )
         return watch
 
     def _discover(self, fetch: bool, holds: bool) -> WatchSet:
         """Discovery with holds applied: every block's state from its branch's history."""
-        watch = self.discovery.run(fetch=fetch)
-        return self.steering.apply(watch) if holds else watch
+        began = time.monotonic()
+        if fetch:
+            with STAGES.time("discovery: fetch"):
+                self.mirror.fetch()
+        fetched = time.monotonic()
+        watch = self.discovery.run(fetch=False)
+        read = time.monotonic()
+        watch = self.steering.apply(watch) if holds else watch
+        self._timings = (fetched - began, read - fetched, time.monotonic() - read)
+        return watch
 
     def _budget_used(self, budget: str) -> int:
         # The gauge every grant sets: the page shows what the dashboard shows.
