@@ -191,7 +191,8 @@ class GitMirror:
     def _merge_packs(self, fd: int) -> None:
         """Merge the small packs the writes left (under the lock, ``fd``), once there are
         ``REPACK_PACKS``: a geometric repack rewrites only packs smaller than the ones
-        kept, a fraction of a second where a whole repack of the clone takes seconds."""
+        kept (and packs the loose commits), a fraction of a second where a whole repack
+        of the clone takes seconds. After each write, and after a fetch."""
         try:
             packs = sum(
                 1 for p in (self.workdir / "objects" / "pack").iterdir() if p.suffix == ".pack"
@@ -363,10 +364,14 @@ class GitMirror:
         committer = self.author if self.signing is not None else by
         with self._lock.held() as fd:
             builder.write(self.workdir, fd)
-            return commits.commit_tree(
+            sha = commits.commit_tree(
                 self.workdir, tree, parent, message, by, fd,
                 committer=committer, signing=self.signing,
             )  # fmt: skip
+            # Merged as they come, a few dozen small packs at a time: a fraction of a
+            # second now rather than seconds for hundreds at the next fetch.
+            self._merge_packs(fd)
+            return sha
 
     def _push_grouped(self, shas: Mapping[str, str]) -> dict[str, PushResult]:
         """Several branches in one push; a branch it failed for is pushed again alone.
