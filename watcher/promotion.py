@@ -149,10 +149,11 @@ def _source_of(
     by_place: Mapping[tuple[str, str, tuple[str | int, ...]], FoundBlock],
     by_image: Mapping[tuple[str, str], list[FoundBlock]],
 ) -> tuple[FoundBlock | None, str | None]:
-    """The same file and key path on ``source``; else the one block there following
-    the same image (preferring one in the same file)."""
+    """The same file and key path on ``source`` (following the same image); else the
+    one block there following the same image (preferring one in the same file)."""
     same = by_place.get((source, block.id.file, block.id.path))
-    if same is not None:
+    # Only a block of the same image: another image's digest would name nothing here.
+    if same is not None and same.image == block.image:
         return same, None
     image = by_image.get((source, str(block.image)), [])
     if len(image) > 1:
