@@ -121,9 +121,7 @@ def link(
             if found is not None:
                 targets[block.id] = found.id
                 value = rendered(found)
-                if value is None:
-                    origin = replace(origin, missing=f"{found.id} has no overrideTag or shasum yet")
-                else:
+                if value is not None:
                     origin = replace(origin, field=value[0], value=value[1])
         origins[block.id] = origin
     for start, chain in _cycles(targets).items():
@@ -205,8 +203,11 @@ def promote(block: FoundBlock, now: float) -> Step:
         return Step()
     if origin.problem is not None:
         return Step(reason=origin.problem, failing=True)
-    if origin.block is None or origin.field is None or origin.value is None:
+    if origin.block is None:
         return Step(reason=origin.missing or f"no source on {origin.branch}", failing=True)
+    if origin.field is None or origin.value is None:
+        # The source is there but not written yet (its first look-up is to come).
+        return Step(reason=f"waiting: {origin.block} has no overrideTag or shasum yet")
     steer = block.steer
     if steer.state in ("off", "pinned") or (
         steer.state == "held" and steer.holds != "until-new-build"
