@@ -130,15 +130,19 @@ def three_branches(host: str) -> dict[str, dict[str, str]]:
 RULE = f"promotions:\n  - from: {STAGING}\n    to: [{DEV1}]\n"
 
 
-@asynccontextmanager
-async def daemon(w: World) -> AsyncIterator[Path]:
-    log = w.dir / "daemon.jsonl"
+def _spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "watcher", "run", "--config", str(w.config)],
+        return subprocess.Popen(
+            [sys.executable, "-m", "watcher", "run", "--config", str(config)],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+
+
+@asynccontextmanager
+async def daemon(w: World) -> AsyncIterator[Path]:
+    log = w.dir / "daemon.jsonl"
+    proc = _spawn(w.config, log)
     try:
         yield log
     finally:

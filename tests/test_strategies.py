@@ -99,7 +99,8 @@ def test_off_keeps_the_rest_of_the_policy_so_a_pin_is_easy_to_lift() -> None:
         (["strategy", "newest"], "watch: must be a mapping"),
         (
             {"stratgy": "newest"},
-            "watch.stratgy: unknown key (known: strategy, tags, ignore, semver, holds, from, after)",
+            "watch.stratgy: unknown key "
+            "(known: strategy, tags, ignore, semver, holds, from, after)",
         ),
         ({"strategy": "latest"}, "watch.strategy: must be one of digest, newest, semver"),
         ({"strategy": True}, "watch.strategy: must be one of"),
