@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.cli_support import daemon as run_daemon
 from tests.conftest import DockerRegistry, GitRemote, free_port, git, make_remote
 from watcher.config import load
 from watcher.engine import Engine
@@ -130,31 +130,6 @@ def three_branches(host: str) -> dict[str, dict[str, str]]:
 RULE = f"promotions:\n  - from: {STAGING}\n    to: [{DEV1}]\n"
 
 
-def _spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "watcher", "run", "--config", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
-@asynccontextmanager
-async def daemon(w: World) -> AsyncIterator[Path]:
-    log = w.dir / "daemon.jsonl"
-    proc = _spawn(w.config, log)
-    try:
-        yield log
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = await asyncio.to_thread(proc.wait, 15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = await asyncio.to_thread(proc.wait)
-    assert code == 0, log.read_text()[-3000:]
-
-
 async def until(what: str, check: object, within: float = 30.0) -> float:
     """Poll ``check`` until true; the monotonic time it became true."""
     deadline = time.monotonic() + within
@@ -186,7 +161,7 @@ async def test_a_push_reaches_staging_then_both_followers_without_a_request_for_
     }
     async with world(tmp_path, docker_registry, session, branches, RULE) as w:
         d1 = await w.push("one")
-        async with daemon(w) as log:
+        async with run_daemon(w.config, w.dir / "daemon.jsonl") as log:
             await until(
                 "staging and both followers at the first build",
                 lambda: all(w.value(b) == d1 for b in (STAGING, DEV1, DEV2)),
