@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from watcher.blocks import BlockId, RawBlock
+from watcher.capacity import image_requests
 from watcher.config import Defaults, load, load_text
 from watcher.errors import ConfigError, PolicyError
 from watcher.gitops.discovery import FoundBlock
@@ -207,6 +208,19 @@ def test_follow_blocks_cost_no_registry_request() -> None:
     assert plan("google", [need(follower.raw, follower.policy)], {}).list_tags is False
     v2 = plan("v2", [need(follower.raw, follower.policy)], {})
     assert (v2.list_tags, v2.head) == (False, ())
+
+
+def test_an_image_followed_only_by_followers_costs_nothing_in_the_reports() -> None:
+    cfg = load_text("git: {url: /tmp/x}\n", "p.yaml", {})
+    followers = [found(DEV, FOLLOW_STAGING), found("environment/dev-2", FOLLOW_STAGING)]
+    assert image_requests(cfg, canonical_name(IMAGE), followers) == 0
+    assert image_requests(cfg, canonical_name(IMAGE), [*followers, found(STAGING)]) == 1
+
+
+def test_a_held_follower_says_until_when() -> None:
+    follower = found(DEV, FOLLOW_STAGING, shasum=D2)
+    held = replace(follower, steer=Steer("held", "shasum", D2, "until-new-build", D1))
+    assert row(held).reason.endswith(f"until {STAGING} holds a new value (or `watcher release`)")
 
 
 def test_status_shows_promoted_with_its_source() -> None:

@@ -267,6 +267,35 @@ async def test_after_holds_a_value_back_until_it_has_stood_long_enough(
         assert promoted_at - set_at >= after
 
 
+async def test_a_chain_converges_one_discovery_per_link(
+    tmp_path: Path, docker_registry: DockerRegistry, session: aiohttp.ClientSession
+) -> None:
+    host = docker_registry.host
+    green = "environment/greenlight"
+    branches = {
+        green: {API: values(host)},
+        STAGING: {API: values(host, tag=FOLLOWER_TAG)},
+        DEV1: {API: values(host, tag=FOLLOWER_TAG)},
+    }
+    rules = (
+        f"promotions:\n  - from: {green}\n    to: [{STAGING}]\n"
+        f"  - from: {STAGING}\n    to: [{DEV1}]\n"
+    )
+    async with world(tmp_path, docker_registry, session, branches, rules) as w:
+        d1 = await w.push("one")
+        cfg = load(w.config, {})
+        seen = []
+        async with Engine(cfg) as engine:
+            for _ in range(3):
+                await engine.cycle()
+                seen.append(tuple(w.value(b) for b in (green, STAGING, DEV1)))
+        # Each cycle's discovery reads what the one before wrote: one link per cycle.
+        assert seen == [(d1, None, None), (d1, d1, None), (d1, d1, d1)]
+        assert source_trailers(w.remote, DEV1) == [
+            f"Image-Watcher-From: {API}#image {STAGING}@{w.remote.head(STAGING)}"
+        ]
+
+
 async def test_a_pin_on_a_follower_stays(
     tmp_path: Path, docker_registry: DockerRegistry, session: aiohttp.ClientSession
 ) -> None:

@@ -260,6 +260,8 @@ def explain(block: FoundBlock, steer: Steer) -> str:
         return f"{what}; until `watcher release`"
     if block.policy.strategy == "digest":
         return f"{what}; until tag {block.raw.tag} points at a new build (or `watcher release`)"
+    if block.policy.strategy == "follow" and block.policy.source:
+        return f"{what}; until {block.policy.source} holds a new value (or `watcher release`)"
     return (
         f"{what}; until the {block.policy.strategy} policy picks a new tag (or `watcher release`)"
     )
