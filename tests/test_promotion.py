@@ -234,6 +234,12 @@ def test_status_shows_promoted_with_its_source() -> None:
     assert row(blocks[source.id]).state == "following"
     failing = row(blocks[follower.id], "no source")
     assert (failing.state, failing.reason) == ("failing", "no source")
+    # From git alone (`watcher status`), a follower without a source is failing too.
+    orphan = found("environment/dev-2", FOLLOW_STAGING, image="eu.gcr.io/acme/other")
+    blocks, _ = linked(source, orphan)
+    shown = row(blocks[orphan.id])
+    assert shown.state == "failing"
+    assert shown.reason.startswith(f"no block on {STAGING} at {API}#image or following")
 
 
 @pytest.mark.parametrize(

@@ -190,9 +190,12 @@ def state_of(block: FoundBlock, failing: bool = False) -> StatusState:
 def row(block: FoundBlock, failure: str | None = None) -> Row:
     """One block's row: its steer's state, or ``failing`` when it follows and failed."""
     steer = block.steer
+    origin = block.origin
+    if failure is None and origin is not None and steer.state == "following":
+        # A follower that cannot follow says so from git alone (no daemon needed).
+        failure = origin.problem or (origin.missing if origin.block is None else None)
     state: StatusState = state_of(block, failure is not None)
     reason = explain(block, steer)
-    origin = block.origin
     source = None
     if origin is not None and origin.block is not None:
         source = f"{origin.block}@{origin.commit}" if origin.commit else str(origin.block)
