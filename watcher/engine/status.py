@@ -82,12 +82,14 @@ class StatusBoard:
     def promoted(self, watch: WatchSet, reasons: dict[BlockId, str]) -> None:
         """What deciding the follow blocks met: ``reasons``, why each failing one cannot
         follow (no source, a mistake in its configuration)."""
+        changed = bool(reasons)
         for blocks in watch.images.values():
             for block in blocks:
-                if block.origin is not None:
-                    self.failures.pop(block.id, None)
+                if block.origin is not None and self.failures.pop(block.id, None) is not None:
+                    changed = True
         self.failures.update(reasons)
-        self._count(list(self._mine(self.watch)))
+        if changed:  # without followers failing, the count discovery made stands
+            self._count(list(self._mine(self.watch)))
 
     def written(self, outcome: WriteOutcome) -> None:
         """What one write met: updates left pending by a failed push are failing."""
