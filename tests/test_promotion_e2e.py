@@ -359,6 +359,26 @@ async def test_an_override_tag_on_staging_is_copied_as_override_tag(
         )
         assert w.value(DEV1, OVERRIDE) == "main-2"
         assert w.value(DEV1) is None  # no shasum invented: the same image renders
+        # `watcher status` for the follower alone, from git, still finds its source.
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [
+                *(sys.executable, "-m", "watcher", "status", "--config", str(w.config)),
+                *("--json", "--branch", DEV1),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        (env,) = json.loads(done.stdout)["environments"]
+        (shown,) = env["blocks"]
+        assert (shown["state"], shown["field"], shown["value"]) == (
+            "promoted",
+            "overrideTag",
+            "main-2",
+        )
+        assert shown["source"] == f"{STAGING}:{API}:image@{w.remote.head(STAGING)}"
 
 
 async def test_check_refuses_a_cycle_and_a_missing_branch_with_file_and_line(
