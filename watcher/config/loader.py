@@ -32,11 +32,13 @@ from watcher.config.convert import (
     nonempty_string,
     redis_url,
     share,
+    signing_key,
     string,
 )
 from watcher.config.settings import (
     DEFAULT_LIMIT,
     HOLDS,
+    SIGNING_FORMATS,
     STRATEGIES,
     Api,
     Auth,
@@ -49,6 +51,7 @@ from watcher.config.settings import (
     RedisConfig,
     RegistryConfig,
     ServerConfig,
+    Signing,
 )
 from watcher.errors import ConfigError
 
@@ -58,6 +61,10 @@ RegistryCheck = Callable[[RegistryConfig], str | None]
 """A check of one ``registries[]`` entry against the world (its credentials can be
 read, say) that the caller knows how to make: the problem, or None. The loader
 reports it at the entry's line."""
+
+SigningCheck = Callable[[Signing], str | None]
+"""A check that ``git.signing`` can sign now (the key file is there and readable, gpg
+holds the key): the problem, or None. Reported at ``git.signing``'s line."""
 
 # One converter per key a section accepts; every other field keeps its default.
 TOP: dict[str, Convert] = {"shards": integer(1, 65536), "interval": duration}
@@ -81,6 +88,7 @@ GIT: dict[str, Convert] = {
     "timeout": duration,
 }
 AUTHOR: dict[str, Convert] = {"name": nonempty_string, "email": nonempty_string}
+SIGNING: dict[str, Convert] = {"format": choice(SIGNING_FORMATS), "key": signing_key}
 REDIS: dict[str, Convert] = {"url": redis_url, "cluster": boolean, "ca_file": ca_file}
 # `follow` needs a `from`, which only a block or a rule of `promotions:` can say.
 DEFAULTS: dict[str, Convert] = {
@@ -284,16 +292,46 @@ def _promotions(r: _Reader, top: CommentedMap) -> tuple[Promotion, ...]:
     return tuple(rules)
 
 
-def _git(r: _Reader, top: CommentedMap, environ: Mapping[str, str]) -> GitConfig:
-    node = r.mapping(top.get("git"), "git", {*GIT, "author"}, top, "git")
+def _git(
+    r: _Reader, top: CommentedMap, environ: Mapping[str, str], check: SigningCheck | None
+) -> GitConfig:
+    node = r.mapping(top.get("git"), "git", {*GIT, "author", "signing"}, top, "git")
     author = r.section(node, "author", Author, AUTHOR, "git.author")
-    git = GitConfig(author=author, **r.values(node, "git", GitConfig, GIT))
+    signing = _signing(r, node, check)
+    git = GitConfig(author=author, signing=signing, **r.values(node, "git", GitConfig, GIT))
     if environ.get("WATCHER_GIT_URL"):
         git = dataclasses.replace(git, url=environ["WATCHER_GIT_URL"])
     if not git.url:
         line = r.line(top, "git") if "git" in top else 1
         r.problems.append(f"{r.source}:{line}: git.url: is required (or set WATCHER_GIT_URL)")
     return git
+
+
+def _signing(r: _Reader, git: CommentedMap, check: SigningCheck | None) -> Signing | None:
+    """``git.signing``: absent or null, unsigned; otherwise both keys, and a key that signs."""
+    path = "git.signing"
+    if git.get("signing") is None:
+        return None
+    node = r.mapping(git["signing"], path, set(SIGNING), git, "signing")
+    if not isinstance(git["signing"], CommentedMap):
+        return None
+    values = {name: r.get(node, name, path, convert, None) for name, convert in SIGNING.items()}
+    for name in SIGNING:
+        if name not in node:
+            r.problem(git, "signing", f"{path}.{name}", f"is required ({_SIGNING_HINT})")
+    if None in values.values():
+        return None
+    signing = Signing(**values)
+    if signing.format == "ssh":
+        # The watcher's git runs in the clone's directory: a relative path would
+        # name a file there. It is resolved against the directory the watcher starts in.
+        signing = dataclasses.replace(signing, key=os.path.abspath(Path(signing.key).expanduser()))
+    if check is not None and (trouble := check(signing)):
+        r.problem(git, "signing", path, trouble)
+    return signing
+
+
+_SIGNING_HINT = "{format: ssh, key: PATH} or {format: openpgp, key: KEYID}"
 
 
 def _redis(r: _Reader, top: CommentedMap, environ: Mapping[str, str]) -> RedisConfig:
@@ -328,6 +366,7 @@ def load_text(
     environ: Mapping[str, str] | None = None,
     *,
     check_registry: RegistryCheck | None = None,
+    check_signing: SigningCheck | None = None,
 ) -> Config:
     """Parse and validate a ``shards.yaml`` text; raise ConfigError listing every problem."""
     environ = os.environ if environ is None else environ
@@ -340,7 +379,7 @@ def load_text(
     redis = _redis(r, top, environ)
     limits = _limits(r, top)
     registries = _registries(r, top, limits, check_registry)
-    git = _git(r, top, environ)
+    git = _git(r, top, environ, check_signing)
     defaults = r.section(top, "defaults", Defaults, DEFAULTS)
     server = r.section(top, "server", ServerConfig, SERVER)
     promotions = _promotions(r, top)
@@ -364,6 +403,7 @@ def load(
     environ: Mapping[str, str] | None = None,
     *,
     check_registry: RegistryCheck | None = None,
+    check_signing: SigningCheck | None = None,
 ) -> Config:
     source = os.fspath(path)
     try:
@@ -372,4 +412,6 @@ def load(
         raise ConfigError([f"{source}:0: (file): cannot read: {exc.strerror or exc}"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{source}:0: (file): not UTF-8 text"]) from None
-    return load_text(text, source, environ, check_registry=check_registry)
+    return load_text(
+        text, source, environ, check_registry=check_registry, check_signing=check_signing
+    )

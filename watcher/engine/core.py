@@ -77,9 +77,7 @@ class Engine:
         self.config = config
         self.metrics = metrics or Metrics()
         self._environ = os.environ if environ is None else environ
-        self.mirror = GitMirror(
-            config.git.url, config.workdir, config.git.author, timeout=config.git.timeout
-        )
+        self.mirror = GitMirror.of(config)
         self.discovery = Discovery(config, self.mirror)
         self.steering = Steering(self.mirror)
         self.membership: ShardMembership = LocalMembership(config.shards)
