@@ -131,7 +131,9 @@ class _Reader:
                 return int(lc.item(key)[0]) + 1
         except (KeyError, IndexError, TypeError):
             pass
-        return int(lc.line) + 1
+        # A node ruamel made without a position (the empty map standing in for a
+        # top level that is no mapping, as in a file holding just `=`): line 1.
+        return int(lc.line) + 1 if lc.line is not None else 1
 
     def problem(self, node: Any, key: str | int | None, path: str, why: str) -> None:
         self.problems.append(f"{self.source}:{self.line(node, key)}: {path}: {why}")
