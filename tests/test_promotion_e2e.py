@@ -17,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -29,6 +27,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.cli_support import assert_clean, watcher
 from tests.cli_support import daemon as run_daemon
 from tests.conftest import DockerRegistry, GitRemote, free_port, git, make_remote
 from watcher.config import load
@@ -307,17 +306,13 @@ async def test_a_pin_on_a_follower_stays(
             await engine.cycle()
             await engine.cycle()
             assert w.value(DEV1) == w.value(DEV2) == d1
-            pin = await asyncio.to_thread(
-                subprocess.run,
+            pin = await watcher(
                 [
-                    *(sys.executable, "-m", "watcher", "pin", "--config", str(w.config)),
+                    *("pin", "--config", str(w.config)),
                     *("--author", "Grace Hopper <grace@example.com>", DEV2, API, "hotfix-1"),
-                ],
-                capture_output=True,
-                text=True,
-                timeout=60,
+                ]
             )
-            assert pin.returncode == 0, pin.stderr
+            assert_clean(pin, 0)
             # A hand pin on the rule's follower: a person's overrideTag, no trailer.
             text = w.remote.read(DEV1, API) + "  overrideTag: fix-2\n"
             w.remote.commit(DEV1, {API: text}, "pin by hand")
@@ -360,17 +355,8 @@ async def test_an_override_tag_on_staging_is_copied_as_override_tag(
         assert w.value(DEV1, OVERRIDE) == "main-2"
         assert w.value(DEV1) is None  # no shasum invented: the same image renders
         # `watcher status` for the follower alone, from git, still finds its source.
-        done = await asyncio.to_thread(
-            subprocess.run,
-            [
-                *(sys.executable, "-m", "watcher", "status", "--config", str(w.config)),
-                *("--json", "--branch", DEV1),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert done.returncode == 0, done.stderr
+        done = await watcher(["status", "--config", str(w.config), "--json", "--branch", DEV1])
+        assert_clean(done, 0)
         (env,) = json.loads(done.stdout)["environments"]
         (shown,) = env["blocks"]
         assert (shown["state"], shown["field"], shown["value"]) == (
@@ -391,15 +377,10 @@ async def test_check_refuses_a_cycle_and_a_missing_branch_with_file_and_line(
         DEV2: {API: values(host, watch="{strategy: follow, from: environment/gone}")},
     }
     async with world(tmp_path, docker_registry, session, branches) as w:
-        done = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "watcher", "check", "--config", str(w.config)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    assert done.returncode == 2, done.stderr
-    problems = done.stderr.splitlines()
+        done = await watcher(["check", "--config", str(w.config)])
+    # Values-file problems read branch:file:line (discovery's form), not the config's.
+    assert done.code == 2 and "Traceback" not in done.stderr, done.describe()
+    problems = done.reasons
     assert (
         f"{STAGING}:{API}:2: watch.from: follows a cycle: {STAGING} -> {DEV1} -> {STAGING}"
         in problems
@@ -412,7 +393,7 @@ async def test_check_refuses_a_cycle_and_a_missing_branch_with_file_and_line(
     assert "3 problem(s)" in done.stdout
 
 
-def test_check_refuses_rules_that_follow_each_other(tmp_path: Path) -> None:
+async def test_check_refuses_rules_that_follow_each_other(tmp_path: Path) -> None:
     config = tmp_path / "shards.yaml"
     config.write_text(
         f"""git: {{url: {tmp_path / "nowhere.git"}}}
@@ -423,13 +404,8 @@ promotions:
     to: [{STAGING}]
 """
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "watcher", "check", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 2
+    done = await watcher(["check", "--config", str(config)])
+    assert_clean(done, 2)
     assert (
         f"{config}:5: promotions[1].from: {DEV1} and {STAGING} follow each other "
         f"(with {config}:3): a cycle"
