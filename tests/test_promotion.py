@@ -135,6 +135,19 @@ def test_mistakes_are_problems_naming_the_block() -> None:
         assert step.update is None and step.failing
 
 
+def test_a_rules_mistake_names_the_rule() -> None:
+    follower = found(DEV, FOLLOW_STAGING)
+    by_rule = replace(
+        follower,
+        policy=replace(follower.policy, source="environment/nope", rule="shards.yaml:41"),
+    )
+    _, problems = linked(by_rule)
+    assert problems == [
+        f"{by_rule.id}: watch.from: no environment branch environment/nope "
+        "(it must exist and match git.branches) (promotions rule at shards.yaml:41)"
+    ]
+
+
 def test_after_holds_a_value_back_until_it_has_stood_long_enough() -> None:
     source = found(STAGING, shasum=D1)
     follower = found(DEV, {**FOLLOW_STAGING, "after": "30m"}, shasum=D2)

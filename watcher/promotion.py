@@ -129,6 +129,12 @@ def link(
         origins[start] = replace(
             origins[start], problem=f"watch.from: follows a cycle: {path}", field=None, value=None
         )
+    for block in every:
+        made = origins.get(block.id)
+        if made is not None and made.problem is not None and block.policy.rule:
+            # The mistake is the rule's, not the values file's: say where to fix it.
+            problem = f"{made.problem} (promotions rule at {block.policy.rule})"
+            origins[block.id] = replace(made, problem=problem)
     out = [
         replace(block, origin=origins[block.id]) if block.id in origins else block
         for block in every

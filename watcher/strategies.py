@@ -146,6 +146,8 @@ class Policy:
     # stood there first (seconds).
     source: str | None = None
     after: float = 0.0
+    # Set when a ``promotions:`` rule made the block follow: where the rule is written.
+    rule: str | None = None
 
     @property
     def field(self) -> Field | None:

@@ -168,7 +168,11 @@ class Discovery:
                 if rule is not None and not _own_strategy(raw.watch):
                     # A `promotions:` rule: the branch follows `from`, block by block.
                     policy = replace(
-                        policy, strategy="follow", source=rule.source, after=rule.after
+                        policy,
+                        strategy="follow",
+                        source=rule.source,
+                        after=rule.after,
+                        rule=f"{self._config.source}:{rule.line}",
                     )
                 blocks.append(FoundBlock(BlockId(branch, path, raw.path), raw, image, policy))
             problems.extend(
