@@ -104,9 +104,12 @@ class Update:
     edit: Edit
     image: str  # canonical image name
     strategy: str
+    # A promotion: the branch and commit the value was copied from (``branch@commit``).
+    source: str | None = None
 
     def describe(self) -> str:
         edit = self.edit
         if edit.old == edit.new:  # a person's record (a release of a hold): no byte changes
             return f"{self.block}: {edit.field} stays {edit.new or '(none)'}"
-        return f"{self.block}: {edit.field} {edit.old or '(none)'} -> {edit.new or '(none)'}"
+        change = f"{self.block}: {edit.field} {edit.old or '(none)'} -> {edit.new or '(none)'}"
+        return f"{change} (from {self.source})" if self.source else change

@@ -12,7 +12,6 @@ blocks that cannot be read) and, with ``--daemon URL``, from a running daemon's
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import re
 import subprocess
@@ -130,10 +129,21 @@ class _Remote:
         return self.mirror.branches(self.cfg.git.branches)
 
     def watch(self, names: Sequence[str]) -> WatchSet:
-        """The blocks of the branches ``names`` (environments all), with their states."""
-        git = dataclasses.replace(self.cfg.git, branches=tuple(names))
-        discovery = Discovery(dataclasses.replace(self.cfg, git=git), self.mirror)
-        return Steering(self.mirror).apply(discovery.run(fetch=False))
+        """The blocks of the branches ``names`` (environments all), with their states.
+
+        Every environment is discovered (parsing is cheap), so that followers are linked
+        to their sources on other branches; only ``names`` and their followers' source
+        branches have their history read."""
+        every = Discovery(self.cfg, self.mirror).run(fetch=False)
+        wanted = set(names)
+        keep = set(wanted)
+        for blocks in every.images.values():
+            for block in blocks:
+                origin = block.origin
+                if block.id.branch in wanted and origin is not None and origin.block is not None:
+                    keep.add(origin.block.branch)
+        steered = Steering(self.mirror).apply(_only(every, keep))
+        return _only(steered, wanted)
 
     def branch(self, name: str) -> tuple[str, list[FoundBlock]]:
         """One environment's head and blocks; UsageError listing them if it is not one."""
@@ -147,6 +157,20 @@ class _Remote:
         watch = self.watch([name])
         blocks = [block for found in watch.images.values() for block in found]
         return environments[name], sorted(blocks, key=lambda b: b.id)
+
+
+def _only(watch: WatchSet, branches: set[str]) -> WatchSet:
+    """``watch`` with the blocks and problems of ``branches`` only."""
+    images = {
+        image: kept
+        for image, blocks in watch.images.items()
+        if (kept := [block for block in blocks if block.id.branch in branches])
+    }
+    return WatchSet(
+        {name: head for name, head in watch.branches.items() if name in branches},
+        images,
+        [problem for problem in watch.problems if problem.branch in branches],
+    )
 
 
 def _pick(selector: str, branch: str, blocks: Sequence[FoundBlock]) -> FoundBlock:

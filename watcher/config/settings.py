@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
-from watcher.gitops.paths import clone_name
+from watcher.gitops.paths import clone_name, matches_any
 
-Strategy = Literal["digest", "newest", "semver", "lexical", "off"]
+Strategy = Literal["digest", "newest", "semver", "lexical", "follow", "off"]
 STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 Holds = Literal["until-new-build", "until-released"]
 HOLDS: tuple[Holds, ...] = get_args(Holds)
@@ -155,6 +155,26 @@ class Defaults:
 
 
 @dataclass(frozen=True)
+class Promotion:
+    """One rule of ``promotions:``: the blocks of the ``to`` branches that have no
+    ``watch.strategy`` of their own follow the same block on ``from``."""
+
+    source: str = ""
+    """``from``: the environment branch whose values are copied (required)."""
+    to: tuple[str, ...] = ()
+    """Globs of the branches that follow it (required, non-empty)."""
+    after: float = 0.0
+    """A value is promoted only once it has stood on ``from`` this long, counted from
+    the commit that put it there (``30m``); 0: at the next discovery."""
+    line: int = 0
+    """Where the rule is written in the file (for messages); not a key."""
+
+    def covers(self, branch: str) -> bool:
+        """Whether ``branch`` is one of this rule's followers."""
+        return branch != self.source and matches_any(self.to, branch)
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """The HTTP server (``server``)."""
 
@@ -179,6 +199,8 @@ class Config:
     git: GitConfig = field(default_factory=GitConfig)
     defaults: Defaults = field(default_factory=Defaults)
     server: ServerConfig = field(default_factory=ServerConfig)
+    promotions: tuple[Promotion, ...] = ()
+    """Environments that follow other environments; the first rule covering a branch wins."""
     source: str = "<defaults>"
     """The file it was read from (for messages); not a key."""
 
@@ -188,6 +210,10 @@ class Config:
             if registry.matches(host):
                 return registry
         return RegistryConfig(host=host)
+
+    def promotion_for(self, branch: str) -> Promotion | None:
+        """The rule whose ``to`` covers ``branch``, if any (the first one written)."""
+        return next((rule for rule in self.promotions if rule.covers(branch)), None)
 
     def limit_for(self, registry: RegistryConfig) -> Limit:
         return self.limits.get(registry.limit) or self.limits.get(DEFAULT_LIMIT) or Limit()

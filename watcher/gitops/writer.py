@@ -192,4 +192,10 @@ class BranchWriter:
                 Mark("set", update.block.ref, update.edit.field, update.edit.new)
                 for update in applied
             ],
+            # Promotions name the source branch and commit of every value they copied.
+            [
+                trailers.source_line(update.block.ref, update.source)
+                for update in applied
+                if update.source
+            ],
         )
