@@ -50,7 +50,10 @@ class RawBlock:
     """An image block as read from one values file, before any interpretation.
 
     ``document`` is the index of the YAML document in a multi-document file;
-    ``line`` is 1-based, where the block's mapping starts.
+    ``line`` is 1-based, where the block's mapping starts. ``repository`` is the image
+    as the chart pulls it (``registry/repository`` when the block names a registry),
+    ``shasum`` the digest as ``sha256:<hex>`` whichever key holds it and however the
+    chart writes it.
     """
 
     document: int

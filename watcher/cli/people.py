@@ -30,6 +30,7 @@ from watcher.gitops.history import Version, block_history
 from watcher.gitops.mirror import GitMirror
 from watcher.gitops.paths import matches_any
 from watcher.gitops.steering import Steering
+from watcher.gitops.values import Reading
 from watcher.gitops.writer import BranchWriter, WriteOutcome
 from watcher.steer import actions, selectors
 from watcher.steer.actions import Plan
@@ -64,7 +65,9 @@ def _change(remote: _Remote, args: argparse.Namespace, author: Author) -> int:
     else:
         earlier: list[str | None] = []
         if args.to is None and block.policy.field is not None:
-            versions = block_history(remote.mirror, head, block.id.file, block.id.path)
+            versions = block_history(
+                remote.mirror, head, block.id.file, block.id.path, remote.reading
+            )
             earlier = _values(versions, block.policy.field)
         plan = actions.rollback(block, args.to, earlier)
     return _commit(remote, args.branch, plan, author)
@@ -117,6 +120,7 @@ class _Remote:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.mirror = GitMirror(cfg.git.url, cfg.workdir, cfg.git.author, timeout=cfg.git.timeout)
+        self.reading = Reading.of(cfg.git)
 
     def __enter__(self) -> _Remote:
         self.mirror.fetch()
@@ -133,7 +137,7 @@ class _Remote:
         """The blocks of the branches ``names`` (environments all), with their states."""
         git = dataclasses.replace(self.cfg.git, branches=tuple(names))
         discovery = Discovery(dataclasses.replace(self.cfg, git=git), self.mirror)
-        return Steering(self.mirror).apply(discovery.run(fetch=False))
+        return Steering(self.mirror, self.reading).apply(discovery.run(fetch=False))
 
     def branch(self, name: str) -> tuple[str, list[FoundBlock]]:
         """One environment's head and blocks; UsageError listing them if it is not one."""
@@ -162,7 +166,7 @@ def _commit(remote: _Remote, branch: str, plan: Plan, author: Author) -> int:
     if plan.already is not None:
         print(f"{plan.already}: nothing to commit")
         return 0
-    writer = BranchWriter(remote.mirror, branch)
+    writer = BranchWriter(remote.mirror, branch, reading=remote.reading)
     outcome = writer.write(plan.updates, message=plan.message, author=author, record=True)
     if outcome.result == "committed" and outcome.commit is not None:
         print(f"{plan.summary} on {branch}: commit {outcome.commit[:12]} by {_who(author)}")
@@ -197,7 +201,7 @@ def _values(versions: Sequence[Version], field: Field) -> list[str | None]:
 def _history(remote: _Remote, branch: str, selector: str, *, as_json: bool) -> int:
     head, blocks = remote.branch(branch)
     block = _pick(selector, branch, blocks)
-    versions = block_history(remote.mirror, head, block.id.file, block.id.path)
+    versions = block_history(remote.mirror, head, block.id.file, block.id.path, remote.reading)
     entries = [_entry(version, i == 0) for i, version in enumerate(versions)]
     if as_json:
         document = {

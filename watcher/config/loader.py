@@ -29,6 +29,7 @@ from watcher.config.convert import (
     duration,
     globs,
     integer,
+    names,
     nonempty_string,
     redis_url,
     share,
@@ -44,6 +45,7 @@ from watcher.config.settings import (
     Config,
     Defaults,
     GitConfig,
+    Keys,
     Limit,
     RedisConfig,
     RegistryConfig,
@@ -78,6 +80,14 @@ GIT: dict[str, Convert] = {
     "files": globs,
     "workdir": string,
     "timeout": duration,
+    "strings": names(empty=True),
+}
+KEYS: dict[str, Convert] = {
+    "registry": names(empty=True),
+    "repository": names(),
+    "tag": names(),
+    "digest": names(),
+    "hex": names(empty=True),
 }
 AUTHOR: dict[str, Convert] = {"name": nonempty_string, "email": nonempty_string}
 REDIS: dict[str, Convert] = {"url": redis_url, "cluster": boolean, "ca_file": ca_file}
@@ -241,9 +251,10 @@ def _registries(
 
 
 def _git(r: _Reader, top: CommentedMap, environ: Mapping[str, str]) -> GitConfig:
-    node = r.mapping(top.get("git"), "git", {*GIT, "author"}, top, "git")
+    node = r.mapping(top.get("git"), "git", {*GIT, "author", "keys"}, top, "git")
     author = r.section(node, "author", Author, AUTHOR, "git.author")
-    git = GitConfig(author=author, **r.values(node, "git", GitConfig, GIT))
+    keys = r.section(node, "keys", Keys, KEYS, "git.keys")
+    git = GitConfig(author=author, keys=keys, **r.values(node, "git", GitConfig, GIT))
     if environ.get("WATCHER_GIT_URL"):
         git = dataclasses.replace(git, url=environ["WATCHER_GIT_URL"])
     if not git.url:

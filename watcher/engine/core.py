@@ -42,6 +42,7 @@ from watcher.errors import GitError
 from watcher.gitops.discovery import Discovery, FoundBlock, WatchSet
 from watcher.gitops.mirror import GitMirror
 from watcher.gitops.steering import Steering
+from watcher.gitops.values import Reading
 from watcher.gitops.writer import WriteOutcome
 from watcher.metrics import Metrics
 from watcher.references import ImageName
@@ -79,7 +80,8 @@ class Engine:
             config.git.url, config.workdir, config.git.author, timeout=config.git.timeout
         )
         self.discovery = Discovery(config, self.mirror)
-        self.steering = Steering(self.mirror)
+        reading = Reading.of(config.git)
+        self.steering = Steering(self.mirror, reading)
         self.membership: ShardMembership = LocalMembership(config.shards)
         # Late-bound: the membership is replaced when Redis is configured.
         self.board = StatusBoard(
@@ -91,6 +93,7 @@ class Engine:
             config.interval,
             lambda shard: self.membership.fence(shard),
             on_written=self.board.written,
+            reading=reading,
         )
         self.scheduler: Scheduler | None = None  # while the daemon runs
         # The task whose failure stopped the daemon on purpose (the CLI exits 1).

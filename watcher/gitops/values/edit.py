@@ -17,6 +17,8 @@ from yaml.nodes import MappingNode, ScalarNode
 from watcher.blocks import Edit, Field, KeyPath, RawBlock, format_path
 from watcher.gitops.values.compose import ComposeError, compose
 from watcher.gitops.values.read import (
+    DEFAULT_READING,
+    DIGEST_PREFIX,
     OVERRIDE,
     REPOSITORY,
     SHASUM,
@@ -24,6 +26,7 @@ from watcher.gitops.values.read import (
     Composer,
     Entry,
     Found,
+    Reading,
     scan_text,
     syntax_problem,
 )
@@ -56,6 +59,18 @@ class _Splice:
 
 def _current(found: Found, field: Field) -> str | None:
     return found.raw.shasum if field == SHASUM else found.raw.override_tag
+
+
+def _key(found: Found, field: Field) -> str:
+    """The key that holds ``field`` in this block (the one to add when it is absent)."""
+    return found.digest_key if field == SHASUM else OVERRIDE
+
+
+def _written(found: Found, edit: Edit) -> str | None:
+    """``edit.new`` as the chart wants it written (a bare hex digest for some charts)."""
+    if edit.field == SHASUM and found.hex and edit.new:
+        return edit.new.removeprefix(DIGEST_PREFIX)
+    return edit.new
 
 
 def _is_local(entry: Entry, mapping: MappingNode) -> bool:
@@ -111,11 +126,11 @@ def _replace(text: str, found: Found, entry: Entry, edit: Edit, order: int) -> _
         colon = text.find(":", entry.key.end_mark.index)
         if colon < 0 or text[entry.key.end_mark.index : colon].strip():
             return f"cannot find the colon after {edit.field}"
-        rendered = render(edit.new, _tag_quote(found), flow)
+        rendered = render(_written(found, edit), _tag_quote(found), flow)
         return _Splice(colon + 1, colon + 1, " " + rendered, order)
     # A plain `a:b` already in this flow mapping reads fine wherever this file is read.
     flow_risk = flow and ":" not in str(value.value)
-    return _Splice(start, end, render(edit.new, style, flow_risk), order)
+    return _Splice(start, end, render(_written(found, edit), style, flow_risk), order)
 
 
 def _insert(text: str, found: Found, edit: Edit, order: int) -> _Splice | str:
@@ -123,7 +138,8 @@ def _insert(text: str, found: Found, edit: Edit, order: int) -> _Splice | str:
     mapping = found.node
     tag_entry = found.entries[TAG]
     flow = bool(mapping.flow_style)
-    rendered = render(edit.new, _tag_quote(found), flow)
+    rendered = render(_written(found, edit), _tag_quote(found), flow)
+    key = _key(found, edit.field)
     if flow:
         close = mapping.end_mark.index - 1
         if close < 0 or text[close] != "}":
@@ -133,7 +149,7 @@ def _insert(text: str, found: Found, edit: Edit, order: int) -> _Splice | str:
             at -= 1
         previous = text[at - 1]
         sep = "" if previous == "{" else " " if previous == "," else ", "
-        return _Splice(at, at, f"{sep}{edit.field}: {rendered}", order)
+        return _Splice(at, at, f"{sep}{key}: {rendered}", order)
 
     # Block mapping: a new line after the line where the `tag` entry ends (or, when the
     # tag is merged in, after the local `repository` or `<<` entry), at that key's indent.
@@ -149,7 +165,7 @@ def _insert(text: str, found: Found, edit: Edit, order: int) -> _Splice | str:
         local = isinstance(anchor_entry.value, ScalarNode) and _is_local(anchor_entry, mapping)
         pos = anchor_entry.value.end_mark.index if local else key_node.end_mark.index
     indent = " " * int(key_node.start_mark.column)
-    line = f"{indent}{edit.field}: {rendered}"
+    line = f"{indent}{key}: {rendered}"
     if pos > 0 and text[pos - 1] == "\n":  # a block scalar's node ends on the next line
         return _Splice(pos, pos, line + _eol(text, pos - 1), order)
     newline = text.find("\n", pos)
@@ -177,11 +193,15 @@ def _valid(edit: Edit) -> bool:
 
 
 def _verify(
-    before: list[Found], after_text: str, applied: Sequence[Edit], composer: Composer
+    before: list[Found],
+    after_text: str,
+    applied: Sequence[Edit],
+    composer: Composer,
+    reading: Reading,
 ) -> str | None:
     """Why ``after_text`` is not exactly the intended result, or None if it is."""
     try:
-        after = scan_text(after_text, composer)
+        after = scan_text(after_text, composer, reading)
     except ComposeError as exc:
         return f"the edited file does not parse: {syntax_problem(exc).message}"
     new = {(f.raw.document, f.raw.path): f.raw for f in after.blocks}
@@ -207,16 +227,19 @@ def _verify(
 
 
 def apply_edits(
-    text: str, edits: Sequence[Edit], composer: Composer = compose
+    text: str,
+    edits: Sequence[Edit],
+    composer: Composer = compose,
+    reading: Reading = DEFAULT_READING,
 ) -> tuple[str, list[EditResult]]:
     """Apply the edits that still mean what they meant; the person wins everywhere else.
 
     Returns the new text (the original text when nothing applied) and one result per edit,
     in order. The edited text is read again (``composer``, like the first reading) and
-    refused unless it reads back as intended.
+    refused unless it reads back as intended. ``reading`` says which keys hold what.
     """
     try:
-        scan = scan_text(text, composer)
+        scan = scan_text(text, composer, reading)
     except ComposeError as exc:
         problem = syntax_problem(exc)
         reason = f"file does not parse: line {problem.line}: {problem.message}"
@@ -248,7 +271,7 @@ def apply_edits(
         cursor = max(cursor, splice.end)
     pieces.append(text[cursor:])
     out = "".join(pieces)
-    failure = _verify(scan.blocks, out, applied, composer)
+    failure = _verify(scan.blocks, out, applied, composer, reading)
     if failure is not None:
         reason = f"refused: {failure}"
         return text, [EditResult(r.edit, "skipped", reason) if r.applied else r for r in results]
