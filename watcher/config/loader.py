@@ -84,6 +84,8 @@ GIT: dict[str, Convert] = {
 }
 KEYS: dict[str, Convert] = {
     "registry": names(empty=True),
+    "registry_override": names(empty=True),
+    "registry_fallback": names(empty=True),
     "repository": names(),
     "tag": names(),
     "digest": names(),
@@ -254,6 +256,17 @@ def _git(r: _Reader, top: CommentedMap, environ: Mapping[str, str]) -> GitConfig
     node = r.mapping(top.get("git"), "git", {*GIT, "author", "keys"}, top, "git")
     author = r.section(node, "author", Author, AUTHOR, "git.author")
     keys = r.section(node, "keys", Keys, KEYS, "git.keys")
+    roles = {"registry": keys.registry, "repository": keys.repository, "tag": keys.tag}
+    roles["digest"] = keys.digest
+    seen: dict[str, str] = {}
+    for role, names_of_role in roles.items():
+        for name in names_of_role:
+            if seen.setdefault(name, role) != role:
+                why = f"{name!r} is named for both {seen[name]} and {role}"
+                r.problem(node.get("keys"), role, f"git.keys.{role}", why)
+    for name in keys.hex:
+        if name not in keys.digest:
+            r.problem(node.get("keys"), "hex", "git.keys.hex", f"{name!r} is not a digest key")
     git = GitConfig(author=author, keys=keys, **r.values(node, "git", GitConfig, GIT))
     if environ.get("WATCHER_GIT_URL"):
         git = dataclasses.replace(git, url=environ["WATCHER_GIT_URL"])

@@ -97,6 +97,13 @@ class Keys:
     """The registry host the chart puts in front of ``repository`` (``registry/repository``),
     when the mapping has one with a non-empty value (Bitnami, kube-prometheus-stack,
     Grafana's and many other charts)."""
+    registry_override: tuple[str, ...] = ("global.imageRegistry",)
+    """Dotted key paths from a document's root whose non-empty value replaces every
+    block's registry, as Bitnami's, kube-prometheus-stack's and Grafana's templates do
+    with ``global.imageRegistry``."""
+    registry_fallback: tuple[str, ...] = ("global.image.registry",)
+    """Dotted key paths from a document's root whose non-empty value is the registry of
+    blocks that name none, as ingress-nginx's templates do with ``global.image.registry``."""
     repository: tuple[str, ...] = ("repository",)
     """The image name. ``[repository, image]`` also reads ingress-nginx's and Traefik's
     ``{registry, image, tag, digest}`` blocks."""

@@ -269,7 +269,42 @@ def _tag_text(entry: Entry, path: KeyPath, problems: list[BlockProblem]) -> str 
     return None
 
 
-def _examine(node: MappingNode, document: int, path: KeyPath, scan: Scan, keys: Keys) -> None:
+@dataclass(frozen=True)
+class Globals:
+    """A document's registries for all its blocks (``git.keys.registry_override`` and
+    ``registry_fallback``), as read from its root."""
+
+    override: str | None = None
+    fallback: str | None = None
+
+
+def _at(root: Node, dotted: str) -> str | None:
+    """The non-empty string at a dotted key path from ``root``, if there is one."""
+    node: Node | None = root
+    for part in dotted.split("."):
+        if not isinstance(node, MappingNode):
+            return None
+        entry = lookup(node, part)
+        node = entry.value if entry is not None else None
+    if node is None or not _is_str(node) or not node.value:
+        return None
+    return str(node.value)
+
+
+def _globals(root: Node, keys: Keys) -> Globals:
+    def first(paths: tuple[str, ...]) -> str | None:
+        for dotted in paths:
+            value = _at(root, dotted)
+            if value is not None:
+                return value
+        return None
+
+    return Globals(first(keys.registry_override), first(keys.registry_fallback))
+
+
+def _examine(
+    node: MappingNode, document: int, path: KeyPath, scan: Scan, keys: Keys, world: Globals
+) -> None:
     found = block_keys(node, keys)
     if found is None:
         return
@@ -278,10 +313,11 @@ def _examine(node: MappingNode, document: int, path: KeyPath, scan: Scan, keys: 
     if tag is None:
         return
     repository = str(entries[REPOSITORY].value.value)
-    registry = entries.get(REGISTRY)
-    if registry is not None:
+    own = entries.get(REGISTRY)
+    registry = world.override or (str(own.value.value) if own is not None else world.fallback)
+    if registry:
         # What the chart pulls: its templates join the two with a slash.
-        repository = f"{registry.value.value}/{repository}"
+        repository = f"{registry}/{repository}"
     hex_digest = digest_key in keys.hex
     shasum = _optional_str(entries.get(SHASUM), digest_key, scan.problems)
     if hex_digest and shasum is not None:
@@ -340,13 +376,14 @@ def scan_nodes(documents: Nodes, reading: Reading = DEFAULT_READING) -> Scan:
     for document, root in enumerate(documents):
         if root is None:
             continue
+        world = _globals(root, reading.keys)
         for node, path in _collections(root):
             if not isinstance(node, MappingNode):
                 continue
             for key, value in node.value:
                 if isinstance(key, ScalarNode) and key.tag == MERGE:
                     scan.merge_sources.update(id(source) for source in _merge_sources(value))
-            _examine(node, document, path, scan, reading.keys)
+            _examine(node, document, path, scan, reading.keys, world)
     return scan
 
 
