@@ -264,9 +264,6 @@ def _git(r: _Reader, top: CommentedMap, environ: Mapping[str, str]) -> GitConfig
             if seen.setdefault(name, role) != role:
                 why = f"{name!r} is named for both {seen[name]} and {role}"
                 r.problem(node.get("keys"), role, f"git.keys.{role}", why)
-    for name in keys.hex:
-        if name not in keys.digest:
-            r.problem(node.get("keys"), "hex", "git.keys.hex", f"{name!r} is not a digest key")
     git = GitConfig(author=author, keys=keys, **r.values(node, "git", GitConfig, GIT))
     if environ.get("WATCHER_GIT_URL"):
         git = dataclasses.replace(git, url=environ["WATCHER_GIT_URL"])
