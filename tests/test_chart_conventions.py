@@ -1,0 +1,262 @@
+"""The image conventions of public charts: registries, digest keys, the chart's default.
+
+Pure: which mappings are blocks, which image each pulls, where its digest goes and
+in which form, and what ``git.keys`` changes. Each case is read by both composers.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from watcher.blocks import Edit, Field, RawBlock
+from watcher.config import load_text
+from watcher.config.settings import Keys
+from watcher.errors import ConfigError
+from watcher.gitops.values import DEFAULT_READING, Reading, apply_edits, find_blocks
+from watcher.gitops.values.compose import compose_reference
+
+pytestmark = pytest.mark.unit
+
+D1 = "sha256:" + "1" * 64
+D2 = "sha256:" + "2" * 64
+HEX2 = "2" * 64
+IMAGE = Reading(Keys(repository=("repository", "image"), digest=("digest",)), ())
+
+
+def read(text: str, reading: Reading = DEFAULT_READING) -> list[RawBlock]:
+    blocks, problems = find_blocks(text, reading=reading)
+    assert problems == []
+    assert find_blocks(text, compose_reference, reading) == (blocks, problems)
+    return blocks
+
+
+def images(text: str, reading: Reading = DEFAULT_READING) -> dict[str, str]:
+    return {".".join(map(str, b.path)): b.repository for b in read(text, reading)}
+
+
+def write(
+    text: str,
+    block: RawBlock,
+    new: str,
+    field: Field = "shasum",
+    reading: Reading = DEFAULT_READING,
+) -> str:
+    old = block.value(field)
+    edit = Edit(block.document, block.path, field, old, new, block.repository, block.tag)
+    out, results = apply_edits(text, [edit], reading=reading)
+    assert [r.status for r in results] == ["applied"], results
+    assert apply_edits(text, [edit], compose_reference, reading)[0] == out
+    return out
+
+
+# --- registries ------------------------------------------------------------------------------
+
+
+def test_a_registry_key_is_joined_to_the_repository() -> None:
+    text = (
+        "operator:\n"
+        "  image: {registry: ghcr.io, repository: zalando/postgres-operator, tag: v2.0.1}\n"
+        "hub:\n"
+        "  image: {registry: '', repository: bitnami/nginx, tag: '1.25'}\n"
+        "none:\n"
+        "  image: {registry: ~, repository: busybox, tag: '1.36'}\n"
+    )
+    assert images(text) == {
+        "operator.image": "ghcr.io/zalando/postgres-operator",
+        "hub.image": "bitnami/nginx",
+        "none.image": "busybox",
+    }
+
+
+def test_global_image_registry_replaces_every_registry_as_bitnami_does() -> None:
+    text = (
+        "global:\n"
+        "  imageRegistry: mirror.example.com\n"
+        "image: {registry: docker.io, repository: bitnami/postgresql, tag: '17'}\n"
+        "exporter: {repository: bitnami/postgres-exporter, tag: '0.17'}\n"
+        "---\n"
+        "global: {imageRegistry: ''}\n"
+        "image: {registry: docker.io, repository: bitnami/postgresql, tag: '17'}\n"
+    )
+    assert [(b.document, b.repository) for b in read(text)] == [
+        (0, "mirror.example.com/bitnami/postgresql"),
+        (0, "mirror.example.com/bitnami/postgres-exporter"),
+        (1, "docker.io/bitnami/postgresql"),
+    ]
+
+
+def test_global_image_registry_fills_in_only_where_a_block_has_none_as_ingress_nginx_does() -> None:
+    text = (
+        "global:\n"
+        "  image:\n"
+        "    registry: registry.k8s.io\n"
+        "controller:\n"
+        "  image:\n"
+        "    image: ingress-nginx/controller\n"
+        '    tag: "v1.15.1"\n'
+        "defaultBackend:\n"
+        "  image: {registry: mirror.example.com, image: defaultbackend-amd64, tag: '1.5'}\n"
+    )
+    assert images(text, IMAGE) == {
+        "controller.image": "registry.k8s.io/ingress-nginx/controller",
+        "defaultBackend.image": "mirror.example.com/defaultbackend-amd64",
+    }
+    # Without the image key, neither mapping is a block.
+    assert images(text) == {}
+
+
+def test_the_global_conventions_can_be_turned_off() -> None:
+    text = "global: {imageRegistry: mirror.example.com}\nimage: {repository: nginx, tag: '1'}\n"
+    off = Reading(Keys(registry_override=()), ())
+    assert images(text, off) == {"image": "nginx"}
+
+
+def test_a_person_changing_the_registry_stops_an_edit_decided_before() -> None:
+    text = "image: {registry: ghcr.io, repository: team/api, tag: master}\n"
+    (block,) = read(text)
+    moved = text.replace("ghcr.io", "quay.io")
+    edit = Edit(block.document, block.path, "shasum", None, D1, block.repository, block.tag)
+    out, (result,) = apply_edits(moved, [edit])
+    assert (out, result.status) == (moved, "skipped")
+    assert "repository changed" in result.reason
+
+
+# --- the key the chart reads -----------------------------------------------------------------
+
+
+def test_the_digest_goes_into_digest_when_the_block_has_it() -> None:
+    text = (
+        "image:\n  registry: docker.io\n  repository: bitnami/redis\n  tag: '8'\n  digest: \"\"\n"
+    )
+    (block,) = read(text)
+    assert block.shasum is None
+    out = write(text, block, D2)
+    assert out == text.replace('digest: ""', f'digest: "{D2}"')
+    (again,) = read(out)
+    assert again.shasum == D2
+
+
+def test_sha_holds_the_bare_hex_and_reads_as_a_digest() -> None:
+    text = (
+        "image:\n"
+        "  registry: quay.io\n"
+        "  repository: prometheus/prometheus\n"
+        "  tag: v3.14.0\n"
+        "  sha: ''\n"
+        "  pullPolicy: IfNotPresent\n"
+    )
+    (block,) = read(text)
+    out = write(text, block, D2)
+    assert out == text.replace("sha: ''", f"sha: '{HEX2}'")
+    (again,) = read(out)
+    assert again.shasum == D2  # the role's value is a digest, whatever the chart's form
+    assert write(out, again, D1) == text.replace("sha: ''", f"sha: '{'1' * 64}'")
+
+
+def test_shasum_is_added_when_the_block_has_no_digest_key_and_a_configured_key_instead() -> None:
+    text = "image:\n  repository: team/api\n  tag: master\n  pullPolicy: Always\n"
+    (block,) = read(text)
+    assert write(text, block, D1) == text.replace("master\n", f"master\n  shasum: {D1}\n")
+    (block,) = read(text, IMAGE)
+    assert write(text, block, D1, reading=IMAGE) == text.replace(
+        "master\n", f"master\n  digest: {D1}\n"
+    )
+    flow = "image: {repository: team/api, tag: master}\n"
+    (block,) = read(flow, IMAGE)
+    assert write(flow, block, D1, reading=IMAGE) == (
+        f'image: {{repository: team/api, tag: master, digest: "{D1}"}}\n'
+    )
+
+
+def test_digest_wins_over_sha_and_shasum_and_a_persons_value_there_is_read() -> None:
+    text = f"image: {{repository: a, tag: b, shasum: {D1}, digest: {D2}}}\n"
+    (block,) = read(text)
+    assert block.shasum == D2
+    text = f"image: {{repository: a, tag: b, sha: '{HEX2}'}}\n"
+    (block,) = read(text)
+    assert block.shasum == D2
+
+
+def test_a_prefixed_sha_is_a_problem_the_chart_would_render_twice() -> None:
+    text = f"image:\n  repository: a\n  tag: b\n  sha: {D1}\n"
+    blocks, problems = find_blocks(text)
+    assert [b.shasum for b in blocks] == [D1]
+    assert [(p.line, p.message) for p in problems] == [
+        (4, "image: sha is written without sha256: (the chart adds it): the 64 hex digits alone")
+    ]
+
+
+# --- the chart's default is nobody's block ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "mapping",
+    [
+        "{repository: kyverno/kyverno, tag: ~}",
+        "{repository: kyverno/kyverno, tag: null}",
+        "{repository: kyverno/kyverno, tag: ''}",
+        '{repository: kyverno/kyverno, tag: ""}',
+        "{repository: kyverno/kyverno, tag: }",
+        "{repository: kyverno/kyverno}",
+        "{repository: '', tag: ''}",
+        "{repository: '', tag: v1}",
+        "{repository: ~, tag: v1}",
+        "{registry: docker.io, repository: null, tag: null, digest: null}",
+    ],
+)
+def test_an_empty_tag_or_repository_is_the_charts_default_not_a_problem(mapping: str) -> None:
+    assert find_blocks(f"image: {mapping}\n") == ([], [])
+    assert find_blocks(f"image: {mapping}\n", compose_reference) == ([], [])
+
+
+def test_a_float_tag_stays_a_problem_with_its_advice() -> None:
+    blocks, problems = find_blocks("image:\n  repository: nginx\n  tag: 4.14\n")
+    assert blocks == []
+    assert [(p.line, p.message) for p in problems] == [
+        (3, "image: tag must be a string; quote it (found '4.14')")
+    ]
+
+
+def test_ingress_nginx_reads_repository_first_then_image() -> None:
+    text = (
+        "a: {repository: '', image: ingress-nginx/controller, registry: registry.k8s.io, tag: v1}\n"
+        "b: {repository: mirror.example.com/nginx, image: ignored, tag: v1}\n"
+    )
+    assert images(text, IMAGE) == {
+        "a": "registry.k8s.io/ingress-nginx/controller",
+        "b": "mirror.example.com/nginx",
+    }
+
+
+# --- git.keys and git.strings in shards.yaml -------------------------------------------------
+
+
+def test_git_keys_load_and_default() -> None:
+    config = load_text("git: {url: x}\n", "s.yaml", {})
+    assert config.git.keys == Keys()
+    assert config.git.keys.digest == ("digest", "sha", "shasum")
+    assert config.git.strings == ()
+    config = load_text(
+        "git:\n  url: x\n  keys: {repository: [repository, image], digest: digest}\n"
+        "  strings: ['**/image']\n",
+        "s.yaml",
+        {},
+    )
+    assert Reading.of(config.git) == Reading(
+        Keys(repository=("repository", "image"), digest=("digest",)), ("**/image",)
+    )
+
+
+def test_git_keys_problems_name_the_line() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_text(
+            "git:\n  url: x\n  keys:\n    tag: [tag, repository]\n    digest: []\n    shasum: x\n",
+            "s.yaml",
+            {},
+        )
+    assert info.value.problems == [
+        "s.yaml:6: git.keys.shasum: unknown key (known: digest, hex, registry, "
+        "registry_fallback, registry_override, repository, tag)",
+        "s.yaml:5: git.keys.digest: must be a non-empty list of key names",
+        "s.yaml:4: git.keys.tag: 'repository' is named for both repository and tag",
+    ]
