@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from yaml.nodes import MappingNode, ScalarNode
 
@@ -58,7 +58,7 @@ class _Splice:
 
 
 def _current(found: Found, field: Field) -> str | None:
-    return found.raw.shasum if field == SHASUM else found.raw.override_tag
+    return found.raw.value(field)
 
 
 def _key(found: Found, field: Field) -> str:
@@ -174,12 +174,36 @@ def _insert(text: str, found: Found, edit: Edit, order: int) -> _Splice | str:
     return _Splice(newline + 1, newline + 1, line + _eol(text, newline), order)
 
 
+def _reference(text: str, found: Found, edit: Edit, order: int) -> _Splice | str:
+    """A ``repo:tag[@digest]`` string rewritten whole: ``repo:tag@<digest>`` for a digest,
+    ``repo:<tag>`` for a tag (the old digest named another build)."""
+    entry = found.entries[REPOSITORY]
+    value = entry.value
+    assert isinstance(value, ScalarNode)
+    if _anchored(text, value) or not _is_local(entry, found.node):
+        return "the string carries an anchor or is an alias; editing it would change others"
+    if value.style in ("|", ">"):
+        return "the string is a block scalar; refusing to rewrite it"
+    if edit.new is None:
+        return "a string's tag cannot be emptied"
+    raw = found.raw
+    if edit.field == SHASUM:
+        new = f"{raw.repository}:{raw.tag}@{edit.new}"
+    else:
+        new = f"{raw.repository}:{edit.new}"
+    # The string already had a `:` in it, so a flow mapping read it fine plain.
+    rendered = render(new, value.style or None, False, reference=True)
+    return _Splice(value.start_mark.index, value.end_mark.index, rendered, order)
+
+
 def _plan(
     text: str, found: Found, edit: Edit, merge_sources: set[int], order: int
 ) -> _Splice | str:
     """Where and what to splice for ``edit``, or why it cannot be done."""
     if id(found.node) in merge_sources:
         return "the block is merged into other mappings with `<<`; editing it would change them"
+    if found.string:
+        return _reference(text, found, edit, order)
     entry = found.entries.get(edit.field)
     if entry is not None:
         return _replace(text, found, entry, edit, order)
@@ -205,24 +229,18 @@ def _verify(
     except ComposeError as exc:
         return f"the edited file does not parse: {syntax_problem(exc).message}"
     new = {(f.raw.document, f.raw.path): f.raw for f in after.blocks}
-    expected: dict[tuple[int, KeyPath], dict[str, Any]] = {}
-    for f in before:
-        expected[(f.raw.document, f.raw.path)] = {
-            SHASUM: f.raw.shasum,
-            OVERRIDE: f.raw.override_tag,
-        }
+    expected = {(f.raw.document, f.raw.path): f.raw for f in before}
     for edit in applied:
-        expected[(edit.document, edit.path)][edit.field] = edit.new
+        where = (edit.document, edit.path)
+        expected[where] = expected[where].with_value(edit.field, edit.new)
     if set(new) != set(expected):
         return "the edited file has a different set of image blocks"
-    for f in before:
-        where = (f.raw.document, f.raw.path)
+    for where, want in expected.items():
         got: RawBlock = new[where]
-        want = expected[where]
-        if (got.repository, got.tag, got.watch) != (f.raw.repository, f.raw.tag, f.raw.watch):
-            return f"{format_path(f.raw.path)} would change beyond the edited value"
-        if (got.shasum, got.override_tag) != (want[SHASUM], want[OVERRIDE]):
-            return f"{format_path(f.raw.path)} would not read back as intended"
+        if (got.repository, got.tag, got.watch) != (want.repository, want.tag, want.watch):
+            return f"{format_path(want.path)} would change beyond the edited value"
+        if (got.shasum, got.override_tag) != (want.shasum, want.override_tag):
+            return f"{format_path(want.path)} would not read back as intended"
     return None
 
 

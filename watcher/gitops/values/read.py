@@ -16,6 +16,8 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from watcher.blocks import KeyPath, RawBlock, format_path
 from watcher.config.settings import GitConfig, Keys
+from watcher.errors import InvalidReference
+from watcher.gitops.paths import matches_any
 from watcher.gitops.values.compose import (
     MAX_DEPTH,
     TOO_DEEP,
@@ -25,6 +27,7 @@ from watcher.gitops.values.compose import (
     compose,
 )
 from watcher.gitops.values.scalars import INT, MERGE, NULL, STR, to_python
+from watcher.references import split_reference
 
 Composer = Callable[[str], Nodes]
 
@@ -85,6 +88,7 @@ class Found:
     entries: dict[str, Entry]
     digest_key: str = SHASUM
     hex: bool = False
+    string: bool = False  # a `repo:tag[@digest]` string; its one entry is in every role
 
 
 @dataclass
@@ -346,6 +350,38 @@ def _examine(
     scan.blocks.append(Found(raw, node, entries, digest_key, hex_digest))
 
 
+def _strings(
+    node: MappingNode, document: int, path: KeyPath, scan: Scan, globs: tuple[str, ...]
+) -> None:
+    """The ``repo:tag[@digest]`` strings of ``node`` whose key paths ``git.strings`` names."""
+    for key, value in node.value:
+        if not (isinstance(key, ScalarNode) and key.tag == STR and _is_str(value)):
+            continue
+        where = (*path, key.value)
+        if not value.value or not matches_any(globs, "/".join(map(str, where))):
+            continue
+        entry = Entry(key, value, False)
+        try:
+            name, tag, digest = split_reference(str(value.value))
+        except InvalidReference as exc:
+            scan.problems.append(BlockProblem(_line(entry), f"{format_path(where)}: {exc}"))
+            continue
+        if tag is None:  # nothing to follow: `repo` alone, or pinned as `repo@sha256:...`
+            continue
+        raw = RawBlock(
+            document=document,
+            path=where,
+            line=_line(entry),
+            repository=name,
+            tag=tag,
+            shasum=digest,
+            override_tag=None,
+            string=True,
+        )
+        entries = {REPOSITORY: entry, TAG: entry, SHASUM: entry, OVERRIDE: entry}
+        scan.blocks.append(Found(raw, node, entries, string=True))
+
+
 def _collections(root: Node) -> Iterator[tuple[Node, KeyPath]]:
     # Iterative and visiting every collection once: deep nesting cannot overflow the
     # stack, and alias bombs cost their size in the text, not their expanded size.
@@ -384,6 +420,8 @@ def scan_nodes(documents: Nodes, reading: Reading = DEFAULT_READING) -> Scan:
                 if isinstance(key, ScalarNode) and key.tag == MERGE:
                     scan.merge_sources.update(id(source) for source in _merge_sources(value))
             _examine(node, document, path, scan, reading.keys, world)
+            if reading.strings:
+                _strings(node, document, path, scan, reading.strings)
     return scan
 
 
