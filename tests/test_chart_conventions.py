@@ -260,3 +260,66 @@ def test_git_keys_problems_name_the_line() -> None:
         "s.yaml:5: git.keys.digest: must be a non-empty list of key names",
         "s.yaml:4: git.keys.tag: 'repository' is named for both repository and tag",
     ]
+
+
+# --- strings, opt-in -------------------------------------------------------------------------
+
+STRINGS = Reading(Keys(), ("**/image", "**/*_image"))
+STRING_VALUES = f"""\
+image: eu.gcr.io/p/api:master   # the API
+worker:
+  sidecar_image: "busybox:1.36@{D1}"
+  image: nginx
+  command: run:fast
+jobs:
+  - {{name: a, image: 'nginx:1.25'}}
+"""
+
+
+def test_strings_are_blocks_only_where_git_strings_names_their_key_paths() -> None:
+    assert read(STRING_VALUES) == []
+    blocks = read(STRING_VALUES, STRINGS)
+    assert [(b.path, b.repository, b.tag, b.shasum, b.string) for b in blocks] == [
+        (("image",), "eu.gcr.io/p/api", "master", None, True),
+        (("worker", "sidecar_image"), "busybox", "1.36", D1, True),
+        (("jobs", 0, "image"), "nginx", "1.25", None, True),
+    ]
+    # A string's tag is what tag strategies move: it is its overrideTag too.
+    assert blocks[0].value("overrideTag") == "master"
+    assert blocks[0].with_value("overrideTag", "v2") == (
+        RawBlock(0, ("image",), 1, "eu.gcr.io/p/api", "v2", None, None, string=True)
+    )
+
+
+def test_a_string_that_is_no_reference_is_a_problem_and_one_without_a_tag_no_block() -> None:
+    text = f"a: {{image: 'Team/API:v1'}}\nb: {{image: 'nginx@{D1}'}}\nc: {{image: ''}}\n"
+    blocks, problems = find_blocks(text, reading=STRINGS)
+    assert blocks == []
+    assert [p.line for p in problems] == [1]
+    assert "a.image: bad repository path" in problems[0].message
+
+
+def test_string_edits_rewrite_the_whole_reference_and_nothing_else() -> None:
+    image, sidecar, job = read(STRING_VALUES, STRINGS)
+    out = write(STRING_VALUES, image, D2, reading=STRINGS)
+    assert out == STRING_VALUES.replace("api:master ", f"api:master@{D2} ")
+    out = write(STRING_VALUES, sidecar, D2, reading=STRINGS)
+    assert out == STRING_VALUES.replace(D1, D2)
+    # A tag strategy moves the tag; the old digest named another build, so it goes.
+    out = write(STRING_VALUES, sidecar, "1.37", "overrideTag", STRINGS)
+    assert out == STRING_VALUES.replace(f"busybox:1.36@{D1}", "busybox:1.37")
+    out = write(STRING_VALUES, job, "1.27", "overrideTag", STRINGS)
+    assert out == STRING_VALUES.replace("'nginx:1.25'", "'nginx:1.27'")
+    (moved,) = [b for b in read(out, STRINGS) if b.path == ("jobs", 0, "image")]
+    assert (moved.tag, moved.value("overrideTag")) == ("1.27", "1.27")
+
+
+def test_a_shared_string_is_not_rewritten() -> None:
+    anchored = "a: {image: &img 'nginx:1.25'}\nb: {image: *img}\n"
+    merged = "base: &base\n  image: nginx:1.25\nother:\n  <<: *base\n"
+    for text in (anchored, merged):
+        block = read(text, STRINGS)[0]
+        edit = Edit(block.document, block.path, "shasum", None, D1, block.repository, block.tag)
+        out, (result,) = apply_edits(text, [edit], reading=STRINGS)
+        assert (out, result.status) == (text, "skipped")
+        assert "would change" in result.reason or "merged" in result.reason
