@@ -25,9 +25,10 @@ RUN /opt/watcher/bin/pip install --only-binary=:all: --upgrade pip \
  && /opt/watcher/bin/watcher --help >/dev/null
 
 FROM ${PYTHON_IMAGE}
-# git and ssh for the GitOps remote; ca-certificates for the registries.
+# git and ssh for the GitOps remote (ssh-keygen also signs with git.signing's ssh
+# format; gpg and its agent, the openpgp one); ca-certificates for the registries.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends git openssh-client ca-certificates tini \
+ && apt-get install -y --no-install-recommends git openssh-client gpg gpg-agent ca-certificates tini \
  && rm -rf /var/lib/apt/lists/*
 # No installer in the runtime image either.
 RUN python -m pip uninstall -y pip setuptools wheel

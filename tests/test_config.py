@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from watcher.config import DEFAULT_LIMIT, Limit, load, load_text, parse_duration, parse_share
+from watcher.config import (
+    DEFAULT_LIMIT,
+    Limit,
+    Signing,
+    load,
+    load_text,
+    parse_duration,
+    parse_share,
+)
 from watcher.errors import ConfigError
 from watcher_testing.services import make_tls
 
@@ -246,7 +254,7 @@ def test_every_key_a_section_reads_is_a_field_of_its_dataclass() -> None:
         (settings.Config, loader.TOP, {"source", *loader.SECTIONS}),
         (settings.Limit, loader.LIMIT, {"name"}),
         (settings.RegistryConfig, loader.REGISTRY, set()),
-        (settings.GitConfig, loader.GIT, {"author", "keys"}),
+        (settings.GitConfig, loader.GIT, {"author", "keys", "signing"}),
         (settings.Keys, loader.KEYS, set()),
         (settings.Author, loader.AUTHOR, set()),
         (settings.RedisConfig, loader.REDIS, set()),
@@ -258,6 +266,8 @@ def test_every_key_a_section_reads_is_a_field_of_its_dataclass() -> None:
         assert set(table) | elsewhere == names, cls.__name__
         for name in table:
             loader.default(cls, name)  # raises when the field has no default
+    # git.signing has no defaults on purpose: both its keys are required.
+    assert {f.name for f in fields(settings.Signing)} == set(loader.SIGNING)
 
 
 # --- redis: the URL, the cluster and the CA, checked at load ------------------------------
@@ -399,3 +409,74 @@ def test_check_refuses_a_redis_url_without_a_scheme(tmp_path: Path) -> None:
         assert result.returncode == 2
         assert result.stderr.startswith(f"{bad}:2: redis.url: has no scheme")
         assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.unit
+def test_git_signing() -> None:
+    assert load_text("git: {url: a}\n", "s.yaml", {}).git.signing is None
+    assert load_text("git: {url: a, signing: ~}\n", "s.yaml", {}).git.signing is None
+    config = load_text(
+        "git:\n  url: a\n  signing: {format: openpgp, key: 801CF124735C41869A8E5B0D}\n",
+        "s.yaml",
+        {},
+    )
+    assert config.git.signing == Signing("openpgp", "801CF124735C41869A8E5B0D")
+    # git runs in the clone's directory: a relative key path is made absolute now.
+    config = load_text("git: {url: a, signing: {format: ssh, key: keys/id}}\n", "s.yaml", {})
+    assert config.git.signing == Signing("ssh", str(Path.cwd() / "keys" / "id"))
+    home = load_text("git: {url: a, signing: {format: ssh, key: ~/id}}\n", "s.yaml", {})
+    assert home.git.signing == Signing("ssh", str(Path.home() / "id"))
+
+
+@pytest.mark.unit
+def test_git_signing_problems() -> None:
+    text = """\
+git:
+  url: a
+  signing:
+    format: x509
+    key: /k
+"""
+    assert problems(text) == [
+        "shards.yaml:4: git.signing.format: must be one of ssh, openpgp, not 'x509'"
+    ]
+    hint = "{format: ssh, key: PATH} or {format: openpgp, key: KEYID}"
+    assert problems("git:\n  url: a\n  signing: {format: ssh}\n") == [
+        f"shards.yaml:3: git.signing.key: is required ({hint})"
+    ]
+    assert problems("git:\n  url: a\n  signing: {}\n") == [
+        f"shards.yaml:3: git.signing.format: is required ({hint})",
+        f"shards.yaml:3: git.signing.key: is required ({hint})",
+    ]
+    assert problems("git:\n  url: a\n  signing: {format: ssh, key: ''}\n") == [
+        "shards.yaml:3: git.signing.key: must not be empty"
+    ]
+    assert problems("git:\n  url: a\n  signing: ssh\n") == [
+        "shards.yaml:3: git.signing: must be a mapping"
+    ]
+    assert problems("git:\n  url: a\n  signing: {format: ssh, key: /k, program: x}\n") == [
+        "shards.yaml:3: git.signing.program: unknown key (known: format, key)"
+    ]
+    # An unquoted id of digits is a number to YAML; the id written is lost.
+    assert problems("git:\n  url: a\n  signing:\n    format: openpgp\n    key: 12345678\n") == [
+        'shards.yaml:5: git.signing.key: must be a string: quote a key id, as in key: "0x1234ABCD"'
+    ]
+
+
+@pytest.mark.unit
+def test_git_signing_check_is_reported_at_its_line() -> None:
+    seen = []
+
+    def check(signing: Signing) -> str | None:
+        seen.append(signing)
+        return f"key {signing.key}: no such file"
+
+    text = "git:\n  url: a\n  signing: {format: ssh, key: /no/key}\n"
+    with pytest.raises(ConfigError) as info:
+        load_text(text, "shards.yaml", {}, check_signing=check)
+    assert info.value.problems == ["shards.yaml:3: git.signing: key /no/key: no such file"]
+    assert seen == [Signing("ssh", "/no/key")]
+    # Not called for a file whose signing keys are already wrong.
+    with pytest.raises(ConfigError):
+        load_text("git: {url: a, signing: {format: gpg, key: k}}\n", "s", {}, check_signing=check)
+    assert len(seen) == 1

@@ -85,6 +85,10 @@ STARTUP_CHECK = 10.0
 
 # How long a fetch or push may take before it is killed (``git.timeout``'s default).
 GIT_TIMEOUT = 60.0
+# How long the signing check at start may take (one signature, by ssh-keygen or gpg,
+# which may have to start its agent): long enough for a loaded host, short enough
+# that a program stuck on something is reported instead of holding the start.
+SIGNING_CHECK_TIMEOUT = 20.0
 # Threads for the branches' writes. A write mostly waits (for git, the clone
 # lock, a push in flight to join): with the default executor's cores + 4
 # threads, the writes of the eleventh branch waited for ten others to finish.

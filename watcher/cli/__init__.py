@@ -23,6 +23,7 @@ from watcher import config, logs
 from watcher.cli import daemon, people
 from watcher.cli.parser import parser
 from watcher.errors import ConfigError, CredentialsError, GitError, UsageError, WatcherError
+from watcher.gitops import signing
 from watcher.registry.auth import credentials_for
 
 __all__ = ["main"]
@@ -49,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _load(path: str) -> config.Config:
-    return config.load(path, check_registry=_credentials_problem)
+    return config.load(path, check_registry=_credentials_problem, check_signing=signing.problem)
 
 
 def _credentials_problem(registry: config.RegistryConfig) -> str | None:

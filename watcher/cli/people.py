@@ -119,7 +119,7 @@ class _Remote:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.mirror = GitMirror(cfg.git.url, cfg.workdir, cfg.git.author, timeout=cfg.git.timeout)
+        self.mirror = GitMirror.of(cfg)
         self.reading = Reading.of(cfg.git)
 
     def __enter__(self) -> _Remote:

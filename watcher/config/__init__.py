@@ -10,6 +10,7 @@ from watcher.config.loader import load, load_text
 from watcher.config.settings import (
     DEFAULT_LIMIT,
     HOLDS,
+    SIGNING_FORMATS,
     STRATEGIES,
     Api,
     Auth,
@@ -22,12 +23,15 @@ from watcher.config.settings import (
     RedisConfig,
     RegistryConfig,
     ServerConfig,
+    Signing,
+    SigningFormat,
     Strategy,
 )
 
 __all__ = [
     "DEFAULT_LIMIT",
     "HOLDS",
+    "SIGNING_FORMATS",
     "STRATEGIES",
     "Api",
     "Auth",
@@ -40,6 +44,8 @@ __all__ = [
     "RedisConfig",
     "RegistryConfig",
     "ServerConfig",
+    "Signing",
+    "SigningFormat",
     "Strategy",
     "format_duration",
     "load",

@@ -82,6 +82,14 @@ def nonempty_string(value: Any) -> str:
     return text
 
 
+def signing_key(value: Any) -> str:
+    """A key path or id; YAML reads an unquoted id of digits (or ``0x...``) as a number,
+    which cannot be turned back into the id that was written."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        raise ValueError("must be a string: quote a key id, as in key: \"0x1234ABCD\"")
+    return nonempty_string(value)
+
+
 def boolean(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"must be true or false, not {value!r}")

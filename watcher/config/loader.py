@@ -33,11 +33,13 @@ from watcher.config.convert import (
     nonempty_string,
     redis_url,
     share,
+    signing_key,
     string,
 )
 from watcher.config.settings import (
     DEFAULT_LIMIT,
     HOLDS,
+    SIGNING_FORMATS,
     STRATEGIES,
     Api,
     Auth,
@@ -50,6 +52,7 @@ from watcher.config.settings import (
     RedisConfig,
     RegistryConfig,
     ServerConfig,
+    Signing,
 )
 from watcher.errors import ConfigError
 
@@ -59,6 +62,10 @@ RegistryCheck = Callable[[RegistryConfig], str | None]
 """A check of one ``registries[]`` entry against the world (its credentials can be
 read, say) that the caller knows how to make: the problem, or None. The loader
 reports it at the entry's line."""
+
+SigningCheck = Callable[[Signing], str | None]
+"""A check that ``git.signing`` can sign now (the key file is there and readable, gpg
+holds the key): the problem, or None. Reported at ``git.signing``'s line."""
 
 # One converter per key a section accepts; every other field keeps its default.
 TOP: dict[str, Convert] = {"shards": integer(1, 65536), "interval": duration}
@@ -92,6 +99,7 @@ KEYS: dict[str, Convert] = {
     "hex": names(empty=True),
 }
 AUTHOR: dict[str, Convert] = {"name": nonempty_string, "email": nonempty_string}
+SIGNING: dict[str, Convert] = {"format": choice(SIGNING_FORMATS), "key": signing_key}
 REDIS: dict[str, Convert] = {"url": redis_url, "cluster": boolean, "ca_file": ca_file}
 DEFAULTS: dict[str, Convert] = {"strategy": choice(STRATEGIES), "holds": choice(HOLDS)}
 SERVER: dict[str, Convert] = {"port": integer(0, 65535)}
@@ -252,9 +260,12 @@ def _registries(
     return tuple(registries)
 
 
-def _git(r: _Reader, top: CommentedMap, environ: Mapping[str, str]) -> GitConfig:
-    node = r.mapping(top.get("git"), "git", {*GIT, "author", "keys"}, top, "git")
+def _git(
+    r: _Reader, top: CommentedMap, environ: Mapping[str, str], check: SigningCheck | None
+) -> GitConfig:
+    node = r.mapping(top.get("git"), "git", {*GIT, "author", "keys", "signing"}, top, "git")
     author = r.section(node, "author", Author, AUTHOR, "git.author")
+    signing = _signing(r, node, check)
     keys = r.section(node, "keys", Keys, KEYS, "git.keys")
     roles = {"registry": keys.registry, "repository": keys.repository, "tag": keys.tag}
     roles["digest"] = keys.digest
@@ -264,13 +275,42 @@ def _git(r: _Reader, top: CommentedMap, environ: Mapping[str, str]) -> GitConfig
             if seen.setdefault(name, role) != role:
                 why = f"{name!r} is named for both {seen[name]} and {role}"
                 r.problem(node.get("keys"), role, f"git.keys.{role}", why)
-    git = GitConfig(author=author, keys=keys, **r.values(node, "git", GitConfig, GIT))
+    git = GitConfig(
+        author=author, signing=signing, keys=keys, **r.values(node, "git", GitConfig, GIT)
+    )
     if environ.get("WATCHER_GIT_URL"):
         git = dataclasses.replace(git, url=environ["WATCHER_GIT_URL"])
     if not git.url:
         line = r.line(top, "git") if "git" in top else 1
         r.problems.append(f"{r.source}:{line}: git.url: is required (or set WATCHER_GIT_URL)")
     return git
+
+
+def _signing(r: _Reader, git: CommentedMap, check: SigningCheck | None) -> Signing | None:
+    """``git.signing``: absent or null, unsigned; otherwise both keys, and a key that signs."""
+    path = "git.signing"
+    if git.get("signing") is None:
+        return None
+    node = r.mapping(git["signing"], path, set(SIGNING), git, "signing")
+    if not isinstance(git["signing"], CommentedMap):
+        return None
+    values = {name: r.get(node, name, path, convert, None) for name, convert in SIGNING.items()}
+    for name in SIGNING:
+        if name not in node:
+            r.problem(git, "signing", f"{path}.{name}", f"is required ({_SIGNING_HINT})")
+    if None in values.values():
+        return None
+    signing = Signing(**values)
+    if signing.format == "ssh":
+        # The watcher's git runs in the clone's directory: a relative path would
+        # name a file there. It is resolved against the directory the watcher starts in.
+        signing = dataclasses.replace(signing, key=os.path.abspath(Path(signing.key).expanduser()))
+    if check is not None and (trouble := check(signing)):
+        r.problem(git, "signing", path, trouble)
+    return signing
+
+
+_SIGNING_HINT = "{format: ssh, key: PATH} or {format: openpgp, key: KEYID}"
 
 
 def _redis(r: _Reader, top: CommentedMap, environ: Mapping[str, str]) -> RedisConfig:
@@ -305,6 +345,7 @@ def load_text(
     environ: Mapping[str, str] | None = None,
     *,
     check_registry: RegistryCheck | None = None,
+    check_signing: SigningCheck | None = None,
 ) -> Config:
     """Parse and validate a ``shards.yaml`` text; raise ConfigError listing every problem."""
     environ = os.environ if environ is None else environ
@@ -317,7 +358,7 @@ def load_text(
     redis = _redis(r, top, environ)
     limits = _limits(r, top)
     registries = _registries(r, top, limits, check_registry)
-    git = _git(r, top, environ)
+    git = _git(r, top, environ, check_signing)
     defaults = r.section(top, "defaults", Defaults, DEFAULTS)
     server = r.section(top, "server", ServerConfig, SERVER)
     if r.problems:
@@ -339,6 +380,7 @@ def load(
     environ: Mapping[str, str] | None = None,
     *,
     check_registry: RegistryCheck | None = None,
+    check_signing: SigningCheck | None = None,
 ) -> Config:
     source = os.fspath(path)
     try:
@@ -347,4 +389,6 @@ def load(
         raise ConfigError([f"{source}:0: (file): cannot read: {exc.strerror or exc}"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{source}:0: (file): not UTF-8 text"]) from None
-    return load_text(text, source, environ, check_registry=check_registry)
+    return load_text(
+        text, source, environ, check_registry=check_registry, check_signing=check_signing
+    )

@@ -24,6 +24,8 @@ Holds = Literal["until-new-build", "until-released"]
 HOLDS: tuple[Holds, ...] = get_args(Holds)
 Api = Literal["google", "v2"]
 Auth = Literal["google", "anonymous", "basic", "dockerconfig"]
+SigningFormat = Literal["ssh", "openpgp"]
+SIGNING_FORMATS: tuple[SigningFormat, ...] = get_args(SigningFormat)
 
 DEFAULT_LIMIT = "default"
 """The budget a registry entry without ``limit`` draws from (always defined)."""
@@ -118,6 +120,18 @@ class Keys:
 
 
 @dataclass(frozen=True)
+class Signing:
+    """How every commit the watcher makes is signed (``git.signing``); both keys required."""
+
+    format: SigningFormat
+    """``ssh`` (git's SSH signing, ``ssh-keygen -Y sign``) or ``openpgp`` (``gpg``)."""
+    key: str
+    """``ssh``: the path of the private key file (no passphrase), made absolute as the
+    file loads; ``openpgp``: a key id or fingerprint whose secret key ``gpg`` holds
+    (in ``GNUPGHOME``, else ``~/.gnupg``), usable without a passphrase prompt."""
+
+
+@dataclass(frozen=True)
 class GitConfig:
     """The GitOps remote (``git``)."""
 
@@ -141,6 +155,9 @@ class GitConfig:
     """Globs of key paths (``**/image``, ``**/*_image``) whose string values are image
     references, ``repo:tag`` or ``repo:tag@sha256:...``, to follow as blocks; none by
     default."""
+    signing: Signing | None = None
+    """How the watcher's commits are signed (the daemon's and the people's commands');
+    absent: unsigned. A key that cannot sign is a configuration error at start."""
 
 
 @dataclass(frozen=True)

@@ -76,9 +76,7 @@ class Engine:
         self.config = config
         self.metrics = metrics or Metrics()
         self._environ = os.environ if environ is None else environ
-        self.mirror = GitMirror(
-            config.git.url, config.workdir, config.git.author, timeout=config.git.timeout
-        )
+        self.mirror = GitMirror.of(config)
         self.discovery = Discovery(config, self.mirror)
         reading = Reading.of(config.git)
         self.steering = Steering(self.mirror, reading)

@@ -188,15 +188,17 @@ def run(
     input: bytes | None = None,
     env: Mapping[str, str] | None = None,
     fds: tuple[int, ...] = (),
+    options: tuple[str, ...] = (),
 ) -> bytes:
     """Run a local git command in the clone; its stdout, or GitError with its stderr.
 
     ``fds``: the lock's descriptor when the command writes, so that it holds the lock
-    for as long as it runs, even if this process is killed meanwhile.
+    for as long as it runs, even if this process is killed meanwhile. ``options``:
+    git's own (``-c name=value``), for this command only.
     """
     try:
         proc = subprocess.run(
-            ["git", *args],
+            ["git", *options, *args],
             input=input,
             capture_output=True,
             env={**os.environ, **GIT_ENV, "GIT_DIR": str(workdir), **(env or {})},

@@ -5,8 +5,9 @@ those on the changed paths; the rest are the parent's, read through the
 persistent ``cat-file``) are built here and written by one ``git index-pack
 --strict``, which checks every object and link: a tree built wrong is an
 error, never a commit. Each commit is then made by :func:`commit_tree`, the one
-place a commit is created (and where a signature would be added: ``git
-commit-tree -S``; ``fast-import`` cannot sign on git 2.39, so it is not used).
+place a commit is created, and so the one place it is signed (``git commit-tree
+-S``, :mod:`~watcher.gitops.signing`; ``fast-import`` cannot sign on git 2.39,
+so it is not used).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from watcher.config import Author
+from watcher.config import Author, Signing
 from watcher.errors import GitError
 from watcher.gitops import clone
+from watcher.gitops.signing import options as signing_options
 
 # (object type, content) of an object by its id.
 ReadObject = Callable[[str], tuple[str, bytes]]
@@ -175,17 +177,32 @@ def _pack(objects: list[tuple[int, bytes]]) -> bytes:
 
 
 def commit_tree(
-    workdir: Path, tree: str, parent: str, message: str, author: Author, fd: int
+    workdir: Path,
+    tree: str,
+    parent: str,
+    message: str,
+    author: Author,
+    fd: int,
+    *,
+    committer: Author | None = None,
+    signing: Signing | None = None,
 ) -> str:
-    """The commit of ``tree`` on top of ``parent``: the one place a commit is made."""
+    """The commit of ``tree`` on top of ``parent``: the one place a commit is made.
+
+    By ``author``, committed by ``committer`` (default: the author); signed with
+    ``signing`` when given: git fails rather than write the commit unsigned.
+    """
+    committer = committer or author
     identity = {
         "GIT_AUTHOR_NAME": author.name,
         "GIT_AUTHOR_EMAIL": author.email,
-        "GIT_COMMITTER_NAME": author.name,
-        "GIT_COMMITTER_EMAIL": author.email,
+        "GIT_COMMITTER_NAME": committer.name,
+        "GIT_COMMITTER_EMAIL": committer.email,
     }
+    sign = ("-S",) if signing is not None else ()
     out = clone.run(
-        workdir, "commit-tree", tree, "-p", parent, "-F", "-",
+        workdir, "commit-tree", tree, "-p", parent, *sign, "-F", "-",
         input=message.encode(), env=identity, fds=(fd,),
+        options=signing_options(signing) if signing is not None else (),
     )  # fmt: skip
     return out.decode().strip()

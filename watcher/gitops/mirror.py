@@ -22,7 +22,7 @@ from pathlib import Path
 
 import structlog
 
-from watcher.config import Author
+from watcher.config import Author, Config, Signing
 from watcher.errors import GitError
 from watcher.gitops import clone, commits, push
 from watcher.gitops.catfile import CatFile
@@ -55,11 +55,18 @@ class GitMirror:
     (:mod:`watcher.gitops.clone` says how they share it)."""
 
     def __init__(
-        self, url: str, workdir: Path, author: Author, *, timeout: float = GIT_TIMEOUT
+        self,
+        url: str,
+        workdir: Path,
+        author: Author,
+        *,
+        timeout: float = GIT_TIMEOUT,
+        signing: Signing | None = None,
     ) -> None:
         self.url = url
         self.workdir = Path(workdir)
         self.author = author
+        self.signing = signing
         self.timeout = timeout
         # git processes talking to the remote, so that stop can end them (abort()).
         self._network_procs: set[subprocess.Popen[bytes]] = set()
@@ -73,6 +80,12 @@ class GitMirror:
         self._objects = CatFile(self.workdir)
         self._trees: dict[str, bytes] = {}
         self._pushes = push.PushQueue(self._push_grouped)
+
+    @classmethod
+    def of(cls, config: Config) -> GitMirror:
+        """The clone of the remote ``config`` names, with its author, timeout and signing."""
+        git = config.git
+        return cls(git.url, config.workdir, git.author, timeout=git.timeout, signing=git.signing)
 
     # --- the clone ---------------------------------------------------------------------
 
@@ -322,13 +335,21 @@ class GitMirror:
         author: Author | None = None,
     ) -> str:
         """A commit of ``changes`` (path -> content) on top of ``parent``; its id. By
-        ``author`` (a person's command), else the watcher's own identity."""
+        ``author`` (a person's command), else the watcher's own identity; signed when
+        the mirror has a ``signing`` key."""
         builder = commits.TreeBuilder(self.read_object)
         tree = builder.build(builder.tree_of(parent), changes)
         by = author or self.author
+        # A signature vouches for the commit's committer, and the key is the watcher's:
+        # a signed commit of a person's command is the person's (author), committed
+        # by the watcher. Unsigned, the person is both, as before.
+        committer = self.author if self.signing is not None else by
         with self._lock.held() as fd:
             builder.write(self.workdir, fd)
-            return commits.commit_tree(self.workdir, tree, parent, message, by, fd)
+            return commits.commit_tree(
+                self.workdir, tree, parent, message, by, fd,
+                committer=committer, signing=self.signing,
+            )  # fmt: skip
 
     def _push_grouped(self, shas: Mapping[str, str]) -> dict[str, PushResult]:
         """Several branches in one push; a branch it failed for is pushed again alone.
