@@ -20,7 +20,14 @@ pytestmark = pytest.mark.unit
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
 HEX2 = "2" * 64
-IMAGE = Reading(Keys(repository=("repository", "image"), digest=("digest",)), ())
+IMAGE = Reading(
+    Keys(
+        repository=("repository", "image"),
+        digest=("digest",),
+        registry_fallback=("global.image.registry",),
+    ),
+    (),
+)
 
 
 def read(text: str, reading: Reading = DEFAULT_READING) -> list[RawBlock]:
@@ -103,6 +110,24 @@ def test_global_image_registry_fills_in_only_where_a_block_has_none_as_ingress_n
     }
     # Without the image key, neither mapping is a block.
     assert images(text) == {}
+
+
+def test_global_image_registry_is_read_only_as_configured_since_charts_differ() -> None:
+    text = (
+        "global: {image: {registry: mirror.example.com}}\n"
+        "loki: {image: {registry: docker.io, repository: grafana/loki, tag: '3.5'}}\n"
+        "canary: {image: {repository: grafana/loki-canary, tag: '3.5'}}\n"
+    )
+    assert images(text) == {
+        "loki.image": "docker.io/grafana/loki",
+        "canary.image": "grafana/loki-canary",
+    }
+    # Loki's and Tempo's charts: an override (`coalesce .global.registry .service.registry`).
+    loki = Reading(Keys(registry_override=("global.imageRegistry", "global.image.registry")), ())
+    assert images(text, loki) == {
+        "loki.image": "mirror.example.com/grafana/loki",
+        "canary.image": "mirror.example.com/grafana/loki-canary",
+    }
 
 
 def test_the_global_conventions_can_be_turned_off() -> None:

@@ -34,8 +34,15 @@ from watcher_testing.images import push_image
 CORPUS = Path(__file__).resolve().parent / "corpus"
 DEFAULT = Keys()
 # What shards.yaml documents for ingress-nginx's {registry, image, tag, digest} blocks.
-IMAGE_KEYS = Keys(repository=("repository", "image"), digest=("digest",))
-IMAGE_KEYS_YAML = "{repository: [repository, image], digest: [digest]}"
+IMAGE_KEYS = Keys(
+    repository=("repository", "image"),
+    digest=("digest",),
+    registry_fallback=("global.image.registry",),
+)
+IMAGE_KEYS_YAML = (
+    "{repository: [repository, image], digest: [digest], "
+    "registry_fallback: [global.image.registry]}"
+)
 
 # file -> (keys, {block path: (image pulled, key the digest goes in)}), from the templates.
 EXPECTED: dict[str, tuple[Keys, dict[str, tuple[str, str]]]] = {

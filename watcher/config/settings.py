@@ -103,9 +103,10 @@ class Keys:
     """Dotted key paths from a document's root whose non-empty value replaces every
     block's registry, as Bitnami's, kube-prometheus-stack's and Grafana's templates do
     with ``global.imageRegistry``."""
-    registry_fallback: tuple[str, ...] = ("global.image.registry",)
+    registry_fallback: tuple[str, ...] = ()
     """Dotted key paths from a document's root whose non-empty value is the registry of
-    blocks that name none, as ingress-nginx's templates do with ``global.image.registry``."""
+    blocks that name none, as ingress-nginx's templates do with ``global.image.registry``
+    (none by default: Loki's and Tempo's charts read that same key as an override)."""
     repository: tuple[str, ...] = ("repository",)
     """The image name. ``[repository, image]`` also reads ingress-nginx's and Traefik's
     ``{registry, image, tag, digest}`` blocks."""
