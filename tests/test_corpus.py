@@ -1,10 +1,12 @@
-"""Values files of public charts, unchanged (``tests/corpus/``, sources in SOURCES.md).
+"""Values fixtures in the shapes of eight public charts (``tests/corpus/``, SOURCES.md).
 
-Which blocks the watcher finds in each, which image each one pulls and which key
-its digest goes in, as the chart's own templates read them; that both composers
-read them alike; that ``watcher check`` passes them as they ship; and, with their
-registries pointed at a local docker-registry, that one cycle writes every digest
-into the key the chart reads and changes no other byte.
+Each fixture is written for these tests, not copied: it puts its chart's images at
+the chart's key paths in the chart's shapes, amid comments, quoting styles, nested
+maps and lists. Which blocks the watcher finds in each, which image each one pulls
+and which key its digest goes in, as the chart's own templates read them; that both
+composers read them alike; that ``watcher check`` passes them in the shape the charts
+ship; and, with their registries pointed at a local docker-registry, that one cycle
+writes every digest into the key the chart reads and changes no other byte.
 """
 
 from __future__ import annotations
