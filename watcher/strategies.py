@@ -367,7 +367,7 @@ def decide(block: RawBlock, policy: Policy, facts: ImageFacts) -> Decision:
     cands = candidates(policy, facts.listed)
     if not cands:
         return Skip(f"no tag matches the {policy.strategy} policy")
-    current = block.override_tag or None
+    current = block.value("overrideTag")
     if policy.strategy == "newest":
         timed: dict[str, float] = {}
         for tag in cands:

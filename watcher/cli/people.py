@@ -29,6 +29,7 @@ from watcher.gitops.history import Version, block_history
 from watcher.gitops.mirror import GitMirror
 from watcher.gitops.paths import matches_any
 from watcher.gitops.steering import Steering
+from watcher.gitops.values import Reading
 from watcher.gitops.writer import BranchWriter, WriteOutcome
 from watcher.steer import actions, selectors
 from watcher.steer.actions import Plan
@@ -63,7 +64,9 @@ def _change(remote: _Remote, args: argparse.Namespace, author: Author) -> int:
     else:
         earlier: list[str | None] = []
         if args.to is None and block.policy.field is not None:
-            versions = block_history(remote.mirror, head, block.id.file, block.id.path)
+            versions = block_history(
+                remote.mirror, head, block.id.file, block.id.path, remote.reading
+            )
             earlier = _values(versions, block.policy.field)
         plan = actions.rollback(block, args.to, earlier)
     return _commit(remote, args.branch, plan, author)
@@ -116,6 +119,7 @@ class _Remote:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.mirror = GitMirror.of(cfg)
+        self.reading = Reading.of(cfg.git)
 
     def __enter__(self) -> _Remote:
         self.mirror.fetch()
@@ -142,7 +146,7 @@ class _Remote:
                 origin = block.origin
                 if block.id.branch in wanted and origin is not None and origin.block is not None:
                     keep.add(origin.block.branch)
-        steered = Steering(self.mirror).apply(_only(every, keep))
+        steered = Steering(self.mirror, self.reading).apply(_only(every, keep))
         return _only(steered, wanted)
 
     def branch(self, name: str) -> tuple[str, list[FoundBlock]]:
@@ -186,7 +190,7 @@ def _commit(remote: _Remote, branch: str, plan: Plan, author: Author) -> int:
     if plan.already is not None:
         print(f"{plan.already}: nothing to commit")
         return 0
-    writer = BranchWriter(remote.mirror, branch)
+    writer = BranchWriter(remote.mirror, branch, reading=remote.reading)
     outcome = writer.write(plan.updates, message=plan.message, author=author, record=True)
     if outcome.result == "committed" and outcome.commit is not None:
         print(f"{plan.summary} on {branch}: commit {outcome.commit[:12]} by {_who(author)}")
@@ -221,7 +225,7 @@ def _values(versions: Sequence[Version], field: Field) -> list[str | None]:
 def _history(remote: _Remote, branch: str, selector: str, *, as_json: bool) -> int:
     head, blocks = remote.branch(branch)
     block = _pick(selector, branch, blocks)
-    versions = block_history(remote.mirror, head, block.id.file, block.id.path)
+    versions = block_history(remote.mirror, head, block.id.file, block.id.path, remote.reading)
     entries = [_entry(version, i == 0) for i, version in enumerate(versions)]
     if as_json:
         document = {

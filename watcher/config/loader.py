@@ -29,6 +29,7 @@ from watcher.config.convert import (
     duration,
     globs,
     integer,
+    names,
     nonempty_string,
     redis_url,
     share,
@@ -46,6 +47,7 @@ from watcher.config.settings import (
     Config,
     Defaults,
     GitConfig,
+    Keys,
     Limit,
     Promotion,
     RedisConfig,
@@ -86,6 +88,16 @@ GIT: dict[str, Convert] = {
     "files": globs,
     "workdir": string,
     "timeout": duration,
+    "strings": names(empty=True),
+}
+KEYS: dict[str, Convert] = {
+    "registry": names(empty=True),
+    "registry_override": names(empty=True),
+    "registry_fallback": names(empty=True),
+    "repository": names(),
+    "tag": names(),
+    "digest": names(),
+    "hex": names(empty=True),
 }
 AUTHOR: dict[str, Convert] = {"name": nonempty_string, "email": nonempty_string}
 SIGNING: dict[str, Convert] = {"format": choice(SIGNING_FORMATS), "key": signing_key}
@@ -297,10 +309,21 @@ def _promotions(r: _Reader, top: CommentedMap) -> tuple[Promotion, ...]:
 def _git(
     r: _Reader, top: CommentedMap, environ: Mapping[str, str], check: SigningCheck | None
 ) -> GitConfig:
-    node = r.mapping(top.get("git"), "git", {*GIT, "author", "signing"}, top, "git")
+    node = r.mapping(top.get("git"), "git", {*GIT, "author", "keys", "signing"}, top, "git")
     author = r.section(node, "author", Author, AUTHOR, "git.author")
     signing = _signing(r, node, check)
-    git = GitConfig(author=author, signing=signing, **r.values(node, "git", GitConfig, GIT))
+    keys = r.section(node, "keys", Keys, KEYS, "git.keys")
+    roles = {"registry": keys.registry, "repository": keys.repository, "tag": keys.tag}
+    roles["digest"] = keys.digest
+    seen: dict[str, str] = {}
+    for role, names_of_role in roles.items():
+        for name in names_of_role:
+            if seen.setdefault(name, role) != role:
+                why = f"{name!r} is named for both {seen[name]} and {role}"
+                r.problem(node.get("keys"), role, f"git.keys.{role}", why)
+    git = GitConfig(
+        author=author, signing=signing, keys=keys, **r.values(node, "git", GitConfig, GIT)
+    )
     if environ.get("WATCHER_GIT_URL"):
         git = dataclasses.replace(git, url=environ["WATCHER_GIT_URL"])
     if not git.url:

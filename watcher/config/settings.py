@@ -89,6 +89,38 @@ class Author:
 
 
 @dataclass(frozen=True)
+class Keys:
+    """Which keys of a values mapping hold what (``git.keys``), for charts with their own
+    names. Each is a list of key names, tried in order; an image block needs a
+    non-empty ``repository`` and ``tag`` (the first of their names a mapping has with a
+    non-empty value)."""
+
+    registry: tuple[str, ...] = ("registry",)
+    """The registry host the chart puts in front of ``repository`` (``registry/repository``),
+    when the mapping has one with a non-empty value (Bitnami, kube-prometheus-stack,
+    Grafana's and many other charts)."""
+    registry_override: tuple[str, ...] = ("global.imageRegistry",)
+    """Dotted key paths from a document's root whose non-empty value replaces every
+    block's registry, as Bitnami's, kube-prometheus-stack's and Grafana's templates do
+    with ``global.imageRegistry``."""
+    registry_fallback: tuple[str, ...] = ()
+    """Dotted key paths from a document's root whose non-empty value is the registry of
+    blocks that name none, as ingress-nginx's templates do with ``global.image.registry``
+    (none by default: Loki's and Tempo's charts read that same key as an override)."""
+    repository: tuple[str, ...] = ("repository",)
+    """The image name. ``[repository, image]`` also reads ingress-nginx's and Traefik's
+    ``{registry, image, tag, digest}`` blocks."""
+    tag: tuple[str, ...] = ("tag",)
+    """The tag to follow."""
+    digest: tuple[str, ...] = ("digest", "sha", "shasum")
+    """Where the digest of the followed tag goes (the key the chart reads): the first of
+    these the block has; a block with none of them gets the last."""
+    hex: tuple[str, ...] = ("sha",)
+    """Digest keys the chart prefixes with ``sha256:`` itself (kube-prometheus-stack's and
+    Grafana's ``sha``): written as the 64 hex digits alone."""
+
+
+@dataclass(frozen=True)
 class Signing:
     """How every commit the watcher makes is signed (``git.signing``); both keys required."""
 
@@ -118,6 +150,12 @@ class GitConfig:
     clone per remote under the cache directory, named from the URL (no credentials)."""
     timeout: float = 60.0
     """A fetch or push taking longer is killed (and retried next cycle)."""
+    keys: Keys = field(default_factory=Keys)
+    """Key names for charts with their own (``digest``, ``sha``, ``image``...)."""
+    strings: tuple[str, ...] = ()
+    """Globs of key paths (``**/image``, ``**/*_image``) whose string values are image
+    references, ``repo:tag`` or ``repo:tag@sha256:...``, to follow as blocks; none by
+    default."""
     signing: Signing | None = None
     """How the watcher's commits are signed (the daemon's and the people's commands');
     absent: unsigned. A key that cannot sign is a configuration error at start."""

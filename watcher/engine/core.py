@@ -43,6 +43,7 @@ from watcher.errors import GitError, PromotionError
 from watcher.gitops.discovery import Discovery, FoundBlock, WatchSet
 from watcher.gitops.mirror import GitMirror
 from watcher.gitops.steering import Steering
+from watcher.gitops.values import Reading
 from watcher.gitops.writer import WriteOutcome
 from watcher.metrics import Metrics
 from watcher.promotion import followers, promote
@@ -79,7 +80,8 @@ class Engine:
         self._environ = os.environ if environ is None else environ
         self.mirror = GitMirror.of(config)
         self.discovery = Discovery(config, self.mirror)
-        self.steering = Steering(self.mirror)
+        reading = Reading.of(config.git)
+        self.steering = Steering(self.mirror, reading)
         self.membership: ShardMembership = LocalMembership(config.shards)
         # Late-bound: the membership is replaced when Redis is configured.
         self.board = StatusBoard(
@@ -91,6 +93,7 @@ class Engine:
             config.interval,
             lambda shard: self.membership.fence(shard),
             on_written=self.board.written,
+            reading=reading,
         )
         self.scheduler: Scheduler | None = None  # while the daemon runs
         # The task whose failure stopped the daemon on purpose (the CLI exits 1).

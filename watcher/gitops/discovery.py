@@ -90,6 +90,7 @@ class Discovery:
 
     def __init__(self, config: Config, mirror: GitMirror) -> None:
         self._config = config
+        self._reading = values.Reading.of(config.git)
         self._mirror = mirror
         self._cache: dict[str, _Parsed] = {}
         self._branches: dict[str, _Branch] = {}
@@ -186,7 +187,7 @@ class Discovery:
         except UnicodeDecodeError as exc:
             line = data[: exc.start].count(b"\n") + 1
             return _Parsed([], [(line, "not UTF-8 text; file skipped")])
-        raws, file_problems = values.find_blocks(text)
+        raws, file_problems = values.find_blocks(text, reading=self._reading)
         problems = [(p.line, p.message) for p in file_problems]
         blocks = []
         for raw in raws:

@@ -21,6 +21,7 @@ from watcher.blocks import BlockId
 from watcher.gitops.discovery import FoundBlock, WatchSet
 from watcher.gitops.history import Ledger, last_change
 from watcher.gitops.mirror import GitMirror
+from watcher.gitops.values import DEFAULT_READING, Reading
 from watcher.references import ImageName
 from watcher.steer.holds import Book, Stamp, Steer, derive, with_changed
 
@@ -31,8 +32,9 @@ _ChangeKey = tuple[BlockId, str, str | None, str | None]
 class Steering:
     """Applies holds to watch sets (one per process, kept between discoveries)."""
 
-    def __init__(self, mirror: GitMirror) -> None:
+    def __init__(self, mirror: GitMirror, reading: Reading = DEFAULT_READING) -> None:
         self._mirror = mirror
+        self._reading = reading
         self.ledger = Ledger(mirror)
         self._changed: dict[_ChangeKey, Stamp | None] = {}
         self._last: tuple[dict[str, str], WatchSet] | None = None
@@ -132,6 +134,12 @@ class Steering:
             seen.add(key)
         if key not in self._changed:
             self._changed[key] = last_change(
-                self._mirror, head, block.id.file, block.id.path, steer.field, since=since
+                self._mirror,
+                head,
+                block.id.file,
+                block.id.path,
+                steer.field,
+                since=since,
+                reading=self._reading,
             )
         return with_changed(steer, self._changed[key])

@@ -62,6 +62,11 @@ def pin(block: FoundBlock, tag: str) -> Plan:
             f"TAG {tag!r} is not a valid tag ([A-Za-z0-9_][A-Za-z0-9._-], at most 128)"
         )
     steer, ref = block.steer, block.id.ref
+    if block.raw.string and block.policy.field == "shasum":
+        raise UsageError(
+            f"{ref} is a repo:tag string following its tag's digest: it has no overrideTag "
+            "to pin; change its tag by hand, or `watcher rollback` its digest"
+        )
     if steer.state == "pinned" and block.raw.override_tag == tag:
         return Plan("pin", already=f"{ref} is already pinned to {tag}")
     return Plan(
