@@ -12,6 +12,7 @@ import asyncio
 import os
 import re
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -100,6 +101,36 @@ async def watcher(
         out, err = await proc.communicate()
         pytest.fail(f"watcher {' '.join(args)} did not end\n{err.decode()[-3000:]}")
     return Outcome(proc.returncode, (out or b"").decode(errors="replace"), err.decode())
+
+
+@asynccontextmanager
+async def daemon(config: Path, log: Path) -> AsyncIterator[Path]:
+    """``watcher run --config CONFIG``, its output into ``log`` (yielded); SIGTERM at the
+    end must exit 0."""
+    proc = _spawn(config, log)
+    try:
+        yield log
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.to_thread(proc.wait, 15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = await asyncio.to_thread(proc.wait)
+    assert code == 0, _tail(log)
+
+
+def _tail(log: Path) -> str:
+    return log.read_text()[-3000:]
+
+
+def _spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "watcher", "run", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def assert_clean(out: Outcome, code: int) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.cli_support import daemon as run_daemon
 from tests.conftest import GitRemote, free_port, git, make_remote
 from watcher_testing.emulator import EmulatorSettings, GoogleRegistryEmulator
 
@@ -83,27 +83,8 @@ server: {{port: {port}}}
 @asynccontextmanager
 async def daemon(world: Steered) -> AsyncIterator[Path]:
     """``watcher run``; yields its JSON log's path; SIGTERM at the end must exit 0."""
-    log = world.dir / "daemon.jsonl"
-    proc = _spawn(world.config, log)
-    try:
+    async with run_daemon(world.config, world.dir / "daemon.jsonl") as log:
         yield log
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = await asyncio.to_thread(proc.wait, 15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = await asyncio.to_thread(proc.wait)
-    assert code == 0, log.read_text()[-3000:]
-
-
-def _spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "watcher", "run", "--config", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
 
 
 async def until(what: str, check: Callable[[], bool], within: float = 20.0) -> None:

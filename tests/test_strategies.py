@@ -99,7 +99,8 @@ def test_off_keeps_the_rest_of_the_policy_so_a_pin_is_easy_to_lift() -> None:
         (["strategy", "newest"], "watch: must be a mapping"),
         (
             {"stratgy": "newest"},
-            "watch.stratgy: unknown key (known: strategy, tags, ignore, semver, holds)",
+            "watch.stratgy: unknown key "
+            "(known: strategy, tags, ignore, semver, holds, from, after)",
         ),
         ({"strategy": "latest"}, "watch.strategy: must be one of digest, newest, semver"),
         ({"strategy": True}, "watch.strategy: must be one of"),
@@ -470,6 +471,8 @@ def test_applying_a_change_is_stable(watch: dict[str, Any], facts: ImageFacts) -
 def test_every_strategy_name_parses() -> None:
     for strategy in STRATEGIES:
         watch: dict[str, Any] = {"strategy": strategy}
+        if strategy == "follow":  # the one strategy that needs a key more: its branch
+            watch["from"] = "environment/staging"
         assert parse_policy(watch, DIGEST).strategy == strategy
 
 

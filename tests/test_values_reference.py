@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from yaml.nodes import Node, ScalarNode
 
 from watcher.blocks import Edit
-from watcher.gitops.values import apply_edits, find_blocks
+from watcher.config.settings import Keys
+from watcher.gitops.values import DEFAULT_READING, Reading, apply_edits, find_blocks
 from watcher.gitops.values.compose import ComposeError, compose, compose_reference
 from watcher.gitops.values.read import Scan, scan_text
 
@@ -49,18 +50,22 @@ def _shape(scan: Scan) -> list[Any]:
             for role, entry in found.entries.items()
         }
         node = found.node
-        out.append((found.raw, entries, _mark(node), bool(node.flow_style)))
+        out.append(
+            (found.raw, entries, _mark(node), bool(node.flow_style), found.digest_key, found.hex)
+        )
     out.append(sorted((p.line, p.message) for p in scan.problems))
     return out
 
 
-def same_reading(text: str, *, syntax_may_differ: bool = False) -> None:
+def same_reading(
+    text: str, *, syntax_may_differ: bool = False, reading: Reading = DEFAULT_READING
+) -> None:
     try:
-        fast: Any = _shape(scan_text(text, compose))
+        fast: Any = _shape(scan_text(text, compose, reading))
     except ComposeError:
         fast = "does not parse"
     try:
-        reference: Any = _shape(scan_text(text, compose_reference))
+        reference: Any = _shape(scan_text(text, compose_reference, reading))
     except ComposeError:
         reference = "does not parse"
     if syntax_may_differ and "does not parse" in (fast, reference):
@@ -68,11 +73,13 @@ def same_reading(text: str, *, syntax_may_differ: bool = False) -> None:
         # line of tabs that ruamel refuses); what both read, they must read alike.
         return
     assert fast == reference
-    assert find_blocks(text, compose)[0] == find_blocks(text, compose_reference)[0]
+    assert (
+        find_blocks(text, compose, reading)[0] == find_blocks(text, compose_reference, reading)[0]
+    )
 
 
-def same_edits(text: str) -> None:
-    blocks, _ = find_blocks(text, compose_reference)
+def same_edits(text: str, reading: Reading = DEFAULT_READING) -> None:
+    blocks, _ = find_blocks(text, compose_reference, reading)
     edits = [
         Edit(b.document, b.path, "shasum", b.shasum, "sha256:" + "b" * 64, b.repository, b.tag)
         for b in blocks
@@ -81,8 +88,10 @@ def same_edits(text: str) -> None:
         for b in blocks
     ]
     for edit in edits:  # one at a time, then all together
-        assert apply_edits(text, [edit], compose) == apply_edits(text, [edit], compose_reference)
-    assert apply_edits(text, edits, compose) == apply_edits(text, edits, compose_reference)
+        fast = apply_edits(text, [edit], compose, reading)
+        assert fast == apply_edits(text, [edit], compose_reference, reading)
+    fast = apply_edits(text, edits, compose, reading)
+    assert fast == apply_edits(text, edits, compose_reference, reading)
 
 
 # --- generated files -------------------------------------------------------------------------
@@ -93,7 +102,15 @@ SCALARS = [
     "eu.gcr.io/p/app", "nginx", "'it''s'", '"tab\\there"', "é-ünï", "a:b", "=", "<<",
     "!!str 3", "&anc v", "*anc", "|\n  text", ">-\n  folded", ".inf", "-.5", "+12",
 ]  # fmt: skip
-KEYS = ["repository", "tag", "shasum", "overrideTag", "image", "name", "watch", "pullPolicy"]
+KEYS = [
+    "repository", "tag", "shasum", "overrideTag", "image", "name", "watch", "pullPolicy",
+    "registry", "digest", "sha", "imageRegistry",
+]  # fmt: skip
+# ingress-nginx's {registry, image, tag, digest}; `global.imageRegistry` from any mapping
+# named so at the root (the generator writes `imageRegistry` at any depth).
+IMAGE_READING = Reading(
+    Keys(repository=("repository", "image"), registry_override=("imageRegistry",)), ()
+)
 
 
 @st.composite
@@ -152,6 +169,13 @@ def test_generated_files_read_the_same(text: str) -> None:
 @given(text=values_files())
 def test_generated_files_edit_the_same(text: str) -> None:
     same_edits(text)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=values_files())
+def test_generated_files_read_and_edit_the_same_with_other_key_names(text: str) -> None:
+    same_reading(text, reading=IMAGE_READING)
+    same_edits(text, IMAGE_READING)
 
 
 @SETTINGS

@@ -50,7 +50,10 @@ class RawBlock:
     """An image block as read from one values file, before any interpretation.
 
     ``document`` is the index of the YAML document in a multi-document file;
-    ``line`` is 1-based, where the block's mapping starts.
+    ``line`` is 1-based, where the block's mapping starts. ``repository`` is the image
+    as the chart pulls it (``registry/repository`` when the block names a registry),
+    ``shasum`` the digest as ``sha256:<hex>`` whichever key holds it and however the
+    chart writes it.
     """
 
     document: int
@@ -61,16 +64,22 @@ class RawBlock:
     shasum: str | None
     override_tag: str | None
     watch: Any = None  # the `watch` mapping as plain Python data, or None
+    string: bool = False
+    """A ``repo:tag[@digest]`` string (``git.strings``): its tag is what tag strategies
+    move, so it is also its ``overrideTag``."""
 
     def value(self, field: Field) -> str | None:
         """What ``field`` holds now (None: absent or empty)."""
-        value = self.shasum if field == "shasum" else self.override_tag
-        return value or None
+        if field == "shasum":
+            return self.shasum or None
+        return (self.tag if self.string else self.override_tag) or None
 
     def with_value(self, field: Field, value: str | None) -> RawBlock:
         """This block with ``field`` set to ``value``, as a write would leave it."""
         if field == "shasum":
             return replace(self, shasum=value)
+        if self.string:
+            return replace(self, tag=value, shasum=None)
         return replace(self, override_tag=value)
 
 
@@ -104,9 +113,12 @@ class Update:
     edit: Edit
     image: str  # canonical image name
     strategy: str
+    # A promotion: the branch and commit the value was copied from (``branch@commit``).
+    source: str | None = None
 
     def describe(self) -> str:
         edit = self.edit
         if edit.old == edit.new:  # a person's record (a release of a hold): no byte changes
             return f"{self.block}: {edit.field} stays {edit.new or '(none)'}"
-        return f"{self.block}: {edit.field} {edit.old or '(none)'} -> {edit.new or '(none)'}"
+        change = f"{self.block}: {edit.field} {edit.old or '(none)'} -> {edit.new or '(none)'}"
+        return f"{change} (from {self.source})" if self.source else change

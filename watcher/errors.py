@@ -65,6 +65,15 @@ class PolicyError(WatcherError, ValueError):
     stage = "discovery"
 
 
+class PromotionError(WatcherError):
+    """A ``follow`` block that cannot follow as configured: its ``from`` is its own
+    branch or no environment branch, or its sources come back to it (a cycle). Found by
+    :mod:`watcher.promotion` on every new watch set; ``watcher check`` reports it with
+    file and line, the daemon logs it, skips the block and counts it once."""
+
+    stage = "promotion"
+
+
 # --- git ------------------------------------------------------------------------------------
 
 

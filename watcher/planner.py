@@ -30,8 +30,8 @@ What each registry api costs (docs/architecture.md, "registry/: fewest requests"
 - ``v2``: digest blocks cost one HEAD per distinct followed tag not in the
   fresh cache. Any tag strategy adds the listing; ``semver`` and ``lexical``
   decide on names alone, ``newest`` needs the follow-up.
-- ``off`` blocks, and digest blocks pinned by ``overrideTag`` (see
-  :func:`need`), cost nothing.
+- ``off`` and ``follow`` blocks (a follower copies another branch's value), and
+  digest blocks pinned by ``overrideTag`` (see :func:`need`), cost nothing.
 """
 
 from __future__ import annotations
@@ -117,7 +117,8 @@ def plan(api: Api, needs: Iterable[Need], cached_digests: Mapping[str, str]) -> 
     strategies: set[str] = set()
     digest_tags: set[str] = set()
     for policy, tag in needs:
-        if policy.strategy == "off":
+        # A follow block copies its value from another branch: the registry is not asked.
+        if policy.strategy in ("off", "follow"):
             continue
         strategies.add(policy.strategy)
         if policy.strategy == "digest" and tag is not None and is_tag(tag):

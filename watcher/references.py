@@ -114,6 +114,15 @@ def parse_reference(text: str) -> Reference:
     return Reference(ImageName(host, path), tag, digest)
 
 
+def split_reference(text: str) -> tuple[str, str | None, str | None]:
+    """``name[:tag][@digest]`` as written: the name untouched (not canonicalised), the tag
+    and the digest; raises InvalidReference as :func:`parse_reference` does."""
+    reference = parse_reference(text)
+    rest = text.split("@", 1)[0]
+    name = rest[: -len(reference.tag) - 1] if reference.tag is not None else rest
+    return name, reference.tag, reference.digest
+
+
 def canonical_name(text: str) -> ImageName:
     """The canonical name of a ``repository`` value (a tag or digest on it is dropped)."""
     return parse_reference(text).name

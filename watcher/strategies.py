@@ -13,6 +13,9 @@ Who owns which field:
   and overwrite whatever it holds. A person pins such a block with
   ``strategy: off`` (or by turning it into a digest block with an
   ``overrideTag``).
+- ``follow`` copies ``shasum`` or ``overrideTag`` from the same block on the
+  branch ``watch.from`` (:mod:`watcher.promotion`); it asks no registry, and
+  :func:`decide` never sees it.
 - ``off`` is never touched.
 
 Rules an SRE can rely on:
@@ -53,11 +56,11 @@ from typing import Any
 import semantic_version  # type: ignore[import-untyped]
 
 from watcher.blocks import Edit, Field, RawBlock
-from watcher.config import HOLDS, STRATEGIES, Defaults, Holds, Strategy
+from watcher.config import HOLDS, STRATEGIES, Defaults, Holds, Strategy, parse_duration
 from watcher.errors import PolicyError
 from watcher.references import is_digest, is_tag
 
-WATCH_KEYS: tuple[str, ...] = ("strategy", "tags", "ignore", "semver", "holds")
+WATCH_KEYS: tuple[str, ...] = ("strategy", "tags", "ignore", "semver", "holds", "from", "after")
 TAG_STRATEGIES: frozenset[Strategy] = frozenset({"newest", "semver", "lexical"})
 
 # A constraint block: an optional operator, then the version (possibly partial or
@@ -139,6 +142,12 @@ class Policy:
     # Set for every semver policy (``*`` when no constraint was written).
     semver: Constraint | None = None
     holds: Holds = "until-new-build"
+    # ``follow``: the branch whose block is copied, and how long a value must have
+    # stood there first (seconds).
+    source: str | None = None
+    after: float = 0.0
+    # Set when a ``promotions:`` rule made the block follow: where the rule is written.
+    rule: str | None = None
 
     @property
     def field(self) -> Field | None:
@@ -147,8 +156,11 @@ class Policy:
 
 
 def managed_field(strategy: Strategy) -> Field | None:
-    """``digest`` writes ``shasum``; the tag strategies own ``overrideTag``; ``off`` nothing."""
-    if strategy == "digest":
+    """``digest`` writes ``shasum``; the tag strategies own ``overrideTag``; ``off`` nothing.
+
+    ``follow`` writes the field its source holds; ``shasum`` is its role until the
+    source is known (:mod:`watcher.promotion` says which it is each time)."""
+    if strategy in ("digest", "follow"):
         return "shasum"
     if strategy in TAG_STRATEGIES:
         return "overrideTag"
@@ -172,6 +184,8 @@ def parse_policy(watch: object, defaults: Defaults) -> Policy:
     ignore = _ignore(watch["ignore"]) if "ignore" in watch else ()
     constraint = _semver(watch["semver"]) if "semver" in watch else None
     holds = _holds(watch["holds"]) if "holds" in watch else defaults.holds
+    source = _source(watch["from"]) if "from" in watch else None
+    after = _after(watch["after"]) if "after" in watch else 0.0
 
     # `off` keeps whatever else is written, so a person can pin a block for a
     # while and turn it back on without retyping its policy. Elsewhere a key
@@ -186,9 +200,49 @@ def parse_policy(watch: object, defaults: Defaults) -> Policy:
             f"watch.semver: applies only to strategy semver, and this block's strategy is "
             f"{strategy} (add strategy: semver)"
         )
+    if strategy == "follow" and source is None:
+        raise PolicyError(
+            "watch.from: strategy follow needs the branch to follow, "
+            "e.g. {strategy: follow, from: environment/staging}"
+        )
+    if strategy == "follow" and ("tags" in watch or "ignore" in watch):
+        raise PolicyError(
+            "watch: tags and ignore choose among tags, but strategy follow copies the value "
+            "of the same block on its from branch"
+        )
+    if strategy not in ("follow", "off") and ("from" in watch or "after" in watch):
+        raise PolicyError(
+            f"watch.from and watch.after: apply only to strategy follow, and this block's "
+            f"strategy is {strategy} (add strategy: follow)"
+        )
     if strategy == "semver" and constraint is None:
         constraint = _ANY_RELEASE
-    return Policy(strategy=strategy, tags=tags, ignore=ignore, semver=constraint, holds=holds)
+    return Policy(
+        strategy=strategy,
+        tags=tags,
+        ignore=ignore,
+        semver=constraint,
+        holds=holds,
+        source=source,
+        after=after,
+    )
+
+
+def _source(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise PolicyError(
+            f"watch.from: must be a branch name such as environment/staging, not {value!r}"
+        )
+    return value.strip()
+
+
+def _after(value: object) -> float:
+    if not isinstance(value, str):
+        raise PolicyError(f"watch.after: must be a duration such as 30m or 1h, not {value!r}")
+    try:
+        return parse_duration(value)
+    except (ValueError, TypeError) as exc:
+        raise PolicyError(f"watch.after: {exc}") from None
 
 
 def _strategy(value: object) -> Strategy:
@@ -304,6 +358,8 @@ def decide(block: RawBlock, policy: Policy, facts: ImageFacts) -> Decision:
     """What to do with one block, given its policy and the image's facts."""
     if policy.strategy == "off":
         return NoChange("strategy off")
+    if policy.strategy == "follow":
+        return Skip("strategy follow is decided from its source branch, not the registry")
     if policy.strategy == "digest":
         return _decide_digest(block, facts)
     if facts.listed is None:
@@ -311,7 +367,7 @@ def decide(block: RawBlock, policy: Policy, facts: ImageFacts) -> Decision:
     cands = candidates(policy, facts.listed)
     if not cands:
         return Skip(f"no tag matches the {policy.strategy} policy")
-    current = block.override_tag or None
+    current = block.value("overrideTag")
     if policy.strategy == "newest":
         timed: dict[str, float] = {}
         for tag in cands:

@@ -12,7 +12,6 @@ blocks that cannot be read) and, with ``--daemon URL``, from a running daemon's
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import re
 import subprocess
@@ -30,6 +29,7 @@ from watcher.gitops.history import Version, block_history
 from watcher.gitops.mirror import GitMirror
 from watcher.gitops.paths import matches_any
 from watcher.gitops.steering import Steering
+from watcher.gitops.values import Reading
 from watcher.gitops.writer import BranchWriter, WriteOutcome
 from watcher.steer import actions, selectors
 from watcher.steer.actions import Plan
@@ -64,7 +64,9 @@ def _change(remote: _Remote, args: argparse.Namespace, author: Author) -> int:
     else:
         earlier: list[str | None] = []
         if args.to is None and block.policy.field is not None:
-            versions = block_history(remote.mirror, head, block.id.file, block.id.path)
+            versions = block_history(
+                remote.mirror, head, block.id.file, block.id.path, remote.reading
+            )
             earlier = _values(versions, block.policy.field)
         plan = actions.rollback(block, args.to, earlier)
     return _commit(remote, args.branch, plan, author)
@@ -117,6 +119,7 @@ class _Remote:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.mirror = GitMirror.of(cfg)
+        self.reading = Reading.of(cfg.git)
 
     def __enter__(self) -> _Remote:
         self.mirror.fetch()
@@ -130,10 +133,21 @@ class _Remote:
         return self.mirror.branches(self.cfg.git.branches)
 
     def watch(self, names: Sequence[str]) -> WatchSet:
-        """The blocks of the branches ``names`` (environments all), with their states."""
-        git = dataclasses.replace(self.cfg.git, branches=tuple(names))
-        discovery = Discovery(dataclasses.replace(self.cfg, git=git), self.mirror)
-        return Steering(self.mirror).apply(discovery.run(fetch=False))
+        """The blocks of the branches ``names`` (environments all), with their states.
+
+        Every environment is discovered (parsing is cheap), so that followers are linked
+        to their sources on other branches; only ``names`` and their followers' source
+        branches have their history read."""
+        every = Discovery(self.cfg, self.mirror).run(fetch=False)
+        wanted = set(names)
+        keep = set(wanted)
+        for blocks in every.images.values():
+            for block in blocks:
+                origin = block.origin
+                if block.id.branch in wanted and origin is not None and origin.block is not None:
+                    keep.add(origin.block.branch)
+        steered = Steering(self.mirror, self.reading).apply(_only(every, keep))
+        return _only(steered, wanted)
 
     def branch(self, name: str) -> tuple[str, list[FoundBlock]]:
         """One environment's head and blocks; UsageError listing them if it is not one."""
@@ -149,6 +163,20 @@ class _Remote:
         return environments[name], sorted(blocks, key=lambda b: b.id)
 
 
+def _only(watch: WatchSet, branches: set[str]) -> WatchSet:
+    """``watch`` with the blocks and problems of ``branches`` only."""
+    images = {
+        image: kept
+        for image, blocks in watch.images.items()
+        if (kept := [block for block in blocks if block.id.branch in branches])
+    }
+    return WatchSet(
+        {name: head for name, head in watch.branches.items() if name in branches},
+        images,
+        [problem for problem in watch.problems if problem.branch in branches],
+    )
+
+
 def _pick(selector: str, branch: str, blocks: Sequence[FoundBlock]) -> FoundBlock:
     candidates = [selectors.Candidate(b.id.ref, b.id.file, str(b.image)) for b in blocks]
     chosen = selectors.resolve(selector, branch, candidates)
@@ -162,7 +190,7 @@ def _commit(remote: _Remote, branch: str, plan: Plan, author: Author) -> int:
     if plan.already is not None:
         print(f"{plan.already}: nothing to commit")
         return 0
-    writer = BranchWriter(remote.mirror, branch)
+    writer = BranchWriter(remote.mirror, branch, reading=remote.reading)
     outcome = writer.write(plan.updates, message=plan.message, author=author, record=True)
     if outcome.result == "committed" and outcome.commit is not None:
         print(f"{plan.summary} on {branch}: commit {outcome.commit[:12]} by {_who(author)}")
@@ -197,7 +225,7 @@ def _values(versions: Sequence[Version], field: Field) -> list[str | None]:
 def _history(remote: _Remote, branch: str, selector: str, *, as_json: bool) -> int:
     head, blocks = remote.branch(branch)
     block = _pick(selector, branch, blocks)
-    versions = block_history(remote.mirror, head, block.id.file, block.id.path)
+    versions = block_history(remote.mirror, head, block.id.file, block.id.path, remote.reading)
     entries = [_entry(version, i == 0) for i, version in enumerate(versions)]
     if as_json:
         document = {

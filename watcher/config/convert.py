@@ -161,6 +161,22 @@ def subscriptions(value: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+def names(*, empty: bool = False) -> Convert:
+    """A list of key names (one name alone is a list of one); ``empty``: none is allowed."""
+
+    def convert(value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or (not value and not empty):
+            raise ValueError(f"must be a {'' if empty else 'non-empty '}list of key names")
+        for item in value:
+            if not isinstance(item, str) or not item.strip():
+                raise ValueError(f"every key name must be a non-empty string, not {item!r}")
+        return tuple(str(item) for item in value)
+
+    return convert
+
+
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 _REDIS_HINT = "redis://HOST:PORT/DB, rediss://HOST:PORT/DB (TLS) or unix:///PATH"
 

@@ -29,6 +29,7 @@ from watcher.config.convert import (
     duration,
     globs,
     integer,
+    names,
     nonempty_string,
     redis_url,
     share,
@@ -48,7 +49,9 @@ from watcher.config.settings import (
     Defaults,
     EventsConfig,
     GitConfig,
+    Keys,
     Limit,
+    Promotion,
     RedisConfig,
     RegistryConfig,
     ServerConfig,
@@ -87,14 +90,29 @@ GIT: dict[str, Convert] = {
     "files": globs,
     "workdir": string,
     "timeout": duration,
+    "strings": names(empty=True),
+}
+KEYS: dict[str, Convert] = {
+    "registry": names(empty=True),
+    "registry_override": names(empty=True),
+    "registry_fallback": names(empty=True),
+    "repository": names(),
+    "tag": names(),
+    "digest": names(),
+    "hex": names(empty=True),
 }
 AUTHOR: dict[str, Convert] = {"name": nonempty_string, "email": nonempty_string}
 SIGNING: dict[str, Convert] = {"format": choice(SIGNING_FORMATS), "key": signing_key}
 REDIS: dict[str, Convert] = {"url": redis_url, "cluster": boolean, "ca_file": ca_file}
-DEFAULTS: dict[str, Convert] = {"strategy": choice(STRATEGIES), "holds": choice(HOLDS)}
+# `follow` needs a `from`, which only a block or a rule of `promotions:` can say.
+DEFAULTS: dict[str, Convert] = {
+    "strategy": choice(tuple(s for s in STRATEGIES if s != "follow")),
+    "holds": choice(HOLDS),
+}
+PROMOTION: dict[str, Convert] = {"from": nonempty_string, "to": globs, "after": duration}
 SERVER: dict[str, Convert] = {"port": integer(0, 65535)}
 EVENTS: dict[str, Convert] = {"subscriptions": subscriptions, "backstop": duration}
-SECTIONS = ("redis", "limits", "registries", "git", "defaults", "server", "events")
+SECTIONS = ("redis", "limits", "registries", "git", "defaults", "server", "promotions", "events")
 
 
 def default(cls: type[Any], name: str) -> Any:
@@ -128,7 +146,9 @@ class _Reader:
                 return int(lc.item(key)[0]) + 1
         except (KeyError, IndexError, TypeError):
             pass
-        return int(lc.line) + 1
+        # A node ruamel made without a position (the empty map standing in for a
+        # top level that is no mapping, as in a file holding just `=`): line 1.
+        return int(lc.line) + 1 if lc.line is not None else 1
 
     def problem(self, node: Any, key: str | int | None, path: str, why: str) -> None:
         self.problems.append(f"{self.source}:{self.line(node, key)}: {path}: {why}")
@@ -251,13 +271,62 @@ def _registries(
     return tuple(registries)
 
 
+def _promotions(r: _Reader, top: CommentedMap) -> tuple[Promotion, ...]:
+    node = top.get("promotions")
+    if node is None:
+        return ()
+    if not isinstance(node, CommentedSeq):
+        r.problem(top, "promotions", "promotions", "must be a list of {from, to, after}")
+        return ()
+    rules: list[Promotion] = []
+    for index, entry in enumerate(node):
+        path = f"promotions[{index}]"
+        m = r.mapping(entry, path, set(PROMOTION), node, index)
+        if not isinstance(entry, CommentedMap):
+            continue
+        for key in ("from", "to"):
+            if key not in m:
+                r.problem(node, index, f"{path}.{key}", "is required")
+        source = r.get(m, "from", path, PROMOTION["from"], default(Promotion, "source"))
+        to = r.get(m, "to", path, PROMOTION["to"], default(Promotion, "to"))
+        after = r.get(m, "after", path, PROMOTION["after"], default(Promotion, "after"))
+        rule = Promotion(source=source, to=to, after=after, line=r.line(node, index))
+        # A glob such as environment/* may match `from` too (covers() leaves it out);
+        # naming it outright is a mistake.
+        if source and source in to:
+            why = f"names {source}, its own from: a branch cannot follow itself"
+            r.problem(m, "to", f"{path}.to", why)
+        for earlier in rules:
+            if earlier.source and rule.covers(earlier.source) and earlier.covers(source):
+                r.problem(
+                    m,
+                    "from",
+                    f"{path}.from",
+                    f"{source} and {earlier.source} follow each other "
+                    f"(with {r.source}:{earlier.line}): a cycle",
+                )
+        rules.append(rule)
+    return tuple(rules)
+
+
 def _git(
     r: _Reader, top: CommentedMap, environ: Mapping[str, str], check: SigningCheck | None
 ) -> GitConfig:
-    node = r.mapping(top.get("git"), "git", {*GIT, "author", "signing"}, top, "git")
+    node = r.mapping(top.get("git"), "git", {*GIT, "author", "keys", "signing"}, top, "git")
     author = r.section(node, "author", Author, AUTHOR, "git.author")
     signing = _signing(r, node, check)
-    git = GitConfig(author=author, signing=signing, **r.values(node, "git", GitConfig, GIT))
+    keys = r.section(node, "keys", Keys, KEYS, "git.keys")
+    roles = {"registry": keys.registry, "repository": keys.repository, "tag": keys.tag}
+    roles["digest"] = keys.digest
+    seen: dict[str, str] = {}
+    for role, names_of_role in roles.items():
+        for name in names_of_role:
+            if seen.setdefault(name, role) != role:
+                why = f"{name!r} is named for both {seen[name]} and {role}"
+                r.problem(node.get("keys"), role, f"git.keys.{role}", why)
+    git = GitConfig(
+        author=author, signing=signing, keys=keys, **r.values(node, "git", GitConfig, GIT)
+    )
     if environ.get("WATCHER_GIT_URL"):
         git = dataclasses.replace(git, url=environ["WATCHER_GIT_URL"])
     if not git.url:
@@ -342,6 +411,7 @@ def load_text(
     defaults = r.section(top, "defaults", Defaults, DEFAULTS)
     server = r.section(top, "server", ServerConfig, SERVER)
     events = r.section(top, "events", EventsConfig, EVENTS)
+    promotions = _promotions(r, top)
     if r.problems:
         raise ConfigError(r.problems)
     return Config(
@@ -353,6 +423,7 @@ def load_text(
         defaults=defaults,
         server=server,
         events=events,
+        promotions=promotions,
         source=source,
     )
 

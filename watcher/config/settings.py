@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
-from watcher.gitops.paths import clone_name
+from watcher.gitops.paths import clone_name, matches_any
 
-Strategy = Literal["digest", "newest", "semver", "lexical", "off"]
+Strategy = Literal["digest", "newest", "semver", "lexical", "follow", "off"]
 STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 Holds = Literal["until-new-build", "until-released"]
 HOLDS: tuple[Holds, ...] = get_args(Holds)
@@ -89,6 +89,38 @@ class Author:
 
 
 @dataclass(frozen=True)
+class Keys:
+    """Which keys of a values mapping hold what (``git.keys``), for charts with their own
+    names. Each is a list of key names, tried in order; an image block needs a
+    non-empty ``repository`` and ``tag`` (the first of their names a mapping has with a
+    non-empty value)."""
+
+    registry: tuple[str, ...] = ("registry",)
+    """The registry host the chart puts in front of ``repository`` (``registry/repository``),
+    when the mapping has one with a non-empty value (Bitnami, kube-prometheus-stack,
+    Grafana's and many other charts)."""
+    registry_override: tuple[str, ...] = ("global.imageRegistry",)
+    """Dotted key paths from a document's root whose non-empty value replaces every
+    block's registry, as Bitnami's, kube-prometheus-stack's and Grafana's templates do
+    with ``global.imageRegistry``."""
+    registry_fallback: tuple[str, ...] = ()
+    """Dotted key paths from a document's root whose non-empty value is the registry of
+    blocks that name none, as ingress-nginx's templates do with ``global.image.registry``
+    (none by default: Loki's and Tempo's charts read that same key as an override)."""
+    repository: tuple[str, ...] = ("repository",)
+    """The image name. ``[repository, image]`` also reads ingress-nginx's and Traefik's
+    ``{registry, image, tag, digest}`` blocks."""
+    tag: tuple[str, ...] = ("tag",)
+    """The tag to follow."""
+    digest: tuple[str, ...] = ("digest", "sha", "shasum")
+    """Where the digest of the followed tag goes (the key the chart reads): the first of
+    these the block has; a block with none of them gets the last."""
+    hex: tuple[str, ...] = ("sha",)
+    """Digest keys the chart prefixes with ``sha256:`` itself (kube-prometheus-stack's and
+    Grafana's ``sha``): written as the 64 hex digits alone."""
+
+
+@dataclass(frozen=True)
 class Signing:
     """How every commit the watcher makes is signed (``git.signing``); both keys required."""
 
@@ -118,6 +150,12 @@ class GitConfig:
     clone per remote under the cache directory, named from the URL (no credentials)."""
     timeout: float = 60.0
     """A fetch or push taking longer is killed (and retried next cycle)."""
+    keys: Keys = field(default_factory=Keys)
+    """Key names for charts with their own (``digest``, ``sha``, ``image``...)."""
+    strings: tuple[str, ...] = ()
+    """Globs of key paths (``**/image``, ``**/*_image``) whose string values are image
+    references, ``repo:tag`` or ``repo:tag@sha256:...``, to follow as blocks; none by
+    default."""
     signing: Signing | None = None
     """How the watcher's commits are signed (the daemon's and the people's commands');
     absent: unsigned. A key that cannot sign is a configuration error at start."""
@@ -152,6 +190,26 @@ class Defaults:
     commit, a hand edit, ``watcher rollback``) holds the block: ``until-new-build``
     (the followed tag points at a build that is neither the held value nor the one
     it replaced) or ``until-released`` (``watcher release``)."""
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """One rule of ``promotions:``: the blocks of the ``to`` branches that have no
+    ``watch.strategy`` of their own follow the same block on ``from``."""
+
+    source: str = ""
+    """``from``: the environment branch whose values are copied (required)."""
+    to: tuple[str, ...] = ()
+    """Globs of the branches that follow it (required, non-empty)."""
+    after: float = 0.0
+    """A value is promoted only once it has stood on ``from`` this long, counted from
+    the commit that put it there (``30m``); 0: at the next discovery."""
+    line: int = 0
+    """Where the rule is written in the file (for messages); not a key."""
+
+    def covers(self, branch: str) -> bool:
+        """Whether ``branch`` is one of this rule's followers."""
+        return branch != self.source and matches_any(self.to, branch)
 
 
 @dataclass(frozen=True)
@@ -200,6 +258,9 @@ class Config:
     defaults: Defaults = field(default_factory=Defaults)
     server: ServerConfig = field(default_factory=ServerConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
+    """Registry events from Pub/Sub (optional): pushes checked within seconds."""
+    promotions: tuple[Promotion, ...] = ()
+    """Environments that follow other environments; the first rule covering a branch wins."""
     source: str = "<defaults>"
     """The file it was read from (for messages); not a key."""
 
@@ -209,6 +270,10 @@ class Config:
             if registry.matches(host):
                 return registry
         return RegistryConfig(host=host)
+
+    def promotion_for(self, branch: str) -> Promotion | None:
+        """The rule whose ``to`` covers ``branch``, if any (the first one written)."""
+        return next((rule for rule in self.promotions if rule.covers(branch)), None)
 
     def limit_for(self, registry: RegistryConfig) -> Limit:
         return self.limits.get(registry.limit) or self.limits.get(DEFAULT_LIMIT) or Limit()

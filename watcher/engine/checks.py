@@ -95,10 +95,13 @@ async def check(
     """Look ``image`` up and decide ``blocks``; never raises but for cancellation.
 
     ``context`` (``shard=``) goes into the log lines. Blocks that need no facts (off,
-    pinned, held until released) are not looked up at all: an image whose every block
-    is such costs no request. ``fresh_since``: see :meth:`Lookups.facts`.
+    pinned, held until released) are not looked up at all, nor are ``follow`` blocks,
+    which copy another branch's value (:mod:`watcher.promotion`): an image whose every
+    block is such costs no request. ``fresh_since``: see :meth:`Lookups.facts`.
     """
-    blocks = [block for block in blocks if block.steer.needs_facts]
+    blocks = [
+        block for block in blocks if block.steer.needs_facts and block.policy.strategy != "follow"
+    ]
     if not blocks:
         return Checked(image)
     try:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from functools import partial
@@ -31,6 +31,7 @@ from watcher.budget.local import Budget
 from watcher.budget.shared import budgets_for
 from watcher.cluster.connection import RedisClient, connect_to
 from watcher.cluster.membership import LocalMembership, Membership, ShardMembership
+from watcher.cluster.shards import shard_of
 from watcher.config import Config
 from watcher.engine import checks, slots
 from watcher.engine.checks import Checked, Decided
@@ -38,7 +39,7 @@ from watcher.engine.scheduler import Scheduler
 from watcher.engine.status import StatusBoard
 from watcher.engine.supervise import Supervisor, report_error, sleep_until
 from watcher.engine.writeback import WriteBack
-from watcher.errors import GitError
+from watcher.errors import GitError, PromotionError
 from watcher.events import coverage
 from watcher.events.routing import EventRouter
 from watcher.events.subscriber import Subscriber
@@ -46,8 +47,10 @@ from watcher.gitops.discovery import Discovery, FoundBlock, WatchSet
 from watcher.gitops.mirror import GitMirror
 from watcher.gitops.profile import STAGES
 from watcher.gitops.steering import Steering
+from watcher.gitops.values import Reading
 from watcher.gitops.writer import WriteOutcome
 from watcher.metrics import Metrics
+from watcher.promotion import followers, promote
 from watcher.references import ImageName
 from watcher.registry.cache import SharedCache
 from watcher.registry.lookups import Lookups
@@ -81,7 +84,8 @@ class Engine:
         self._environ = os.environ if environ is None else environ
         self.mirror = GitMirror.of(config)
         self.discovery = Discovery(config, self.mirror)
-        self.steering = Steering(self.mirror)
+        reading = Reading.of(config.git)
+        self.steering = Steering(self.mirror, reading)
         self.membership: ShardMembership = LocalMembership(config.shards)
         # Late-bound: the membership is replaced when Redis is configured.
         self.board = StatusBoard(
@@ -93,6 +97,7 @@ class Engine:
             config.interval,
             lambda shard: self.membership.fence(shard),
             on_written=self.board.written,
+            reading=reading,
         )
         self.scheduler: Scheduler | None = None  # while the daemon runs
         # The task whose failure stopped the daemon on purpose (the CLI exits 1).
@@ -104,6 +109,8 @@ class Engine:
         self._git_problem: str | None = "the git remote has not been read yet"
         # The last discovery's fetch, reading and holds, in seconds (for its log line).
         self._timings = (0.0, 0.0, 0.0)
+        # Why each follow block cannot follow, as last logged (each new reason once).
+        self._promotion_reasons: dict[BlockId, str] = {}
 
     # --- resources ---------------------------------------------------------------------
 
@@ -258,6 +265,51 @@ class Engine:
         self.board.checked(checked)
         return checked
 
+    # --- promotion: blocks that follow another branch ----------------------------------
+
+    def promote(
+        self, watch: WatchSet, shards: Container[int] | None = None
+    ) -> list[tuple[int, Update]]:
+        """The copies every follow block of ``watch`` needs now (only those of ``shards``,
+        when given), each with its image's shard. No registry is asked: the values come
+        from the branches as this watch set read them, and our own writes since."""
+        now = time.time()
+        out: list[tuple[int, Update]] = []
+        reasons: dict[BlockId, str] = {}
+        for image, blocks in watch.images.items():
+            follow = followers(blocks)
+            if not follow:
+                continue
+            shard = shard_of(image, self.config.shards)
+            if shards is not None and shard not in shards:
+                continue
+            for block in self.writeback.as_written(follow):
+                step = promote(block, now)
+                if step.update is not None:
+                    out.append((shard, step.update))
+                if step.failing:
+                    reasons[block.id] = step.reason
+                    self._promotion_failing(block, step.reason)
+        self.board.promoted(watch, reasons)
+        self._promotion_reasons = reasons
+        return out
+
+    def _promotion_failing(self, block: FoundBlock, reason: str) -> None:
+        if self._promotion_reasons.get(block.id) == reason:
+            return  # logged (and counted) when it began
+        origin = block.origin
+        if origin is not None and origin.problem is not None:
+            self.metrics.errors.labels(PromotionError.stage).inc()
+        log.warning(
+            "promotion skipped",
+            branch=block.id.branch,
+            file=block.id.file,
+            line=block.raw.line,
+            image=str(block.image),
+            source=origin.branch if origin is not None else None,
+            reason=reason,
+        )
+
     # --- watcher once ------------------------------------------------------------------
 
     async def resolve(self, watch: WatchSet, report: CycleReport) -> None:
@@ -285,6 +337,7 @@ class Engine:
         watch = await self.discover()
         report = CycleReport(watch)
         await self.resolve(watch, report)
+        report.updates.extend(update for _, update in self.promote(watch))
         report.updates.sort(key=lambda u: u.block)
         if not dry_run:
             report.outcomes = await self.write(report.updates)
@@ -380,6 +433,13 @@ class Engine:
             else:
                 if self.scheduler is not None:
                     self.scheduler.set_watch(watch)
+                # Followers copy what this discovery read on their sources: a value
+                # written to a source is promoted at the next discovery after it lands.
+                try:
+                    for shard, update in self.promote(watch, self.membership.owned()):
+                        self.writeback.queue(update, shard, self.membership.fence(shard))
+                except Exception as exc:
+                    report_error(self.metrics, exc, "promotion failed")
             tick = slots.next_tick(origin, tick, interval, loop.time())
             await sleep_until(origin + tick * interval, stop)
 

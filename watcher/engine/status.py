@@ -23,7 +23,7 @@ from watcher.engine.checks import Checked
 from watcher.gitops.discovery import FoundBlock, WatchSet
 from watcher.gitops.writer import WriteOutcome
 from watcher.metrics import Metrics
-from watcher.steer.status import STATUS_STATES, BudgetUse, Status, build
+from watcher.steer.status import STATUS_STATES, BudgetUse, Status, build, state_of
 
 log = structlog.get_logger()
 
@@ -79,6 +79,18 @@ class StatusBoard:
         for block_id, reason in checked.skipped:
             self.failures[block_id] = reason
 
+    def promoted(self, watch: WatchSet, reasons: dict[BlockId, str]) -> None:
+        """What deciding the follow blocks met: ``reasons``, why each failing one cannot
+        follow (no source, a mistake in its configuration)."""
+        changed = bool(reasons)
+        for blocks in watch.images.values():
+            for block in blocks:
+                if block.origin is not None and self.failures.pop(block.id, None) is not None:
+                    changed = True
+        self.failures.update(reasons)
+        if changed:  # without followers failing, the count discovery made stands
+            self._count(list(self._mine(self.watch)))
+
     def written(self, outcome: WriteOutcome) -> None:
         """What one write met: updates left pending by a failed push are failing."""
         for update in (*outcome.applied, *(d.update for d in outcome.dropped)):
@@ -130,8 +142,7 @@ class StatusBoard:
     def _count(self, mine: list[FoundBlock]) -> None:
         counts = dict.fromkeys(STATUS_STATES, 0)
         for block in mine:
-            failing = block.steer.state == "following" and block.id in self.failures
-            counts["failing" if failing else block.steer.state] += 1
+            counts[state_of(block, block.id in self.failures)] += 1
         for state, count in counts.items():
             self._metrics.blocks.labels(state).set(count)
 

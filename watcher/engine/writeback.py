@@ -30,6 +30,7 @@ from watcher.engine.supervise import Supervisor, record_crash, report_error
 from watcher.errors import GitError
 from watcher.gitops.discovery import FoundBlock, WatchSet
 from watcher.gitops.mirror import GitMirror
+from watcher.gitops.values import DEFAULT_READING, Reading
 from watcher.gitops.writer import BranchWriter, WriteOutcome
 from watcher.metrics import Metrics
 from watcher.tuning import (
@@ -59,8 +60,10 @@ class WriteBack:
         fence_of: Callable[[int], int | None],
         *,
         on_written: Callable[[WriteOutcome], None] | None = None,
+        reading: Reading = DEFAULT_READING,
     ) -> None:
         self.mirror = mirror
+        self._reading = reading
         # Told every outcome (the status board: updates a push left pending are failing).
         self._on_written = on_written
         self.metrics = metrics
@@ -214,7 +217,9 @@ class WriteBack:
     def _branch_writer(self, branch: str) -> BranchWriter:
         writer = self._writers.get(branch)
         if writer is None:
-            writer = self._writers[branch] = BranchWriter(self.mirror, branch)
+            writer = self._writers[branch] = BranchWriter(
+                self.mirror, branch, reading=self._reading
+            )
         return writer
 
     # --- watcher once: every branch at once ------------------------------------------------

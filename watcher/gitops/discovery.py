@@ -7,7 +7,8 @@ id and branches by commit, so a cycle in which no branch moved parses nothing.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
 from watcher.blocks import BlockId, RawBlock
 from watcher.config import Config
@@ -16,6 +17,7 @@ from watcher.gitops import values
 from watcher.gitops.mirror import GitMirror
 from watcher.gitops.profile import STAGES
 from watcher.gitops.values.compose import collector_paused
+from watcher.promotion import Origin, link
 from watcher.references import ImageName, canonical_name
 from watcher.steer.holds import FOLLOWING, Steer
 from watcher.strategies import Policy, parse_policy
@@ -24,13 +26,15 @@ from watcher.strategies import Policy, parse_policy
 @dataclass(frozen=True)
 class FoundBlock:
     """An image block with its interpretation: which image, which policy, which state
-    (following, pinned, held, off: :mod:`watcher.steer.holds`)."""
+    (following, pinned, held, off: :mod:`watcher.steer.holds`), and for a ``follow``
+    block where its value comes from (:mod:`watcher.promotion`)."""
 
     id: BlockId
     raw: RawBlock
     image: ImageName
     policy: Policy
     steer: Steer = FOLLOWING
+    origin: Origin | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ class Discovery:
 
     def __init__(self, config: Config, mirror: GitMirror) -> None:
         self._config = config
+        self._reading = values.Reading.of(config.git)
         self._mirror = mirror
         self._cache: dict[str, _Parsed] = {}
         self._branches: dict[str, _Branch] = {}
@@ -125,10 +130,17 @@ class Discovery:
             del self._cache[blob]
         grouped: dict[ImageName, list[FoundBlock]] = defaultdict(list)
         watch = WatchSet(branches=dict(heads))
+        every = [block for view in views.values() for block in view.blocks]
         for view in views.values():
-            for block in view.blocks:
-                grouped[block.image].append(block)
             watch.problems.extend(view.problems)
+        # Followers are linked to their sources across branches: whenever any moved.
+        linked, mistakes = link(every, heads)
+        for block in linked:
+            grouped[block.image].append(block)
+        watch.problems.extend(
+            Problem(block.id.branch, block.id.file, block.raw.line, message)
+            for block, message in mistakes
+        )
         watch.images = dict(sorted(grouped.items()))
         self._last = watch
         return WatchSet(dict(heads), dict(watch.images), list(watch.problems))
@@ -150,9 +162,19 @@ class Discovery:
     def _view(self, branch: str, commit: str, files: list[tuple[str, str]]) -> _Branch:
         blocks: list[FoundBlock] = []
         problems: list[Problem] = []
+        rule = self._config.promotion_for(branch)
         for path, blob in files:
             parsed = self._cache[blob]
             for raw, image, policy in parsed.blocks:
+                if rule is not None and not _own_strategy(raw.watch):
+                    # A `promotions:` rule: the branch follows `from`, block by block.
+                    policy = replace(
+                        policy,
+                        strategy="follow",
+                        source=rule.source,
+                        after=rule.after,
+                        rule=f"{self._config.source}:{rule.line}",
+                    )
                 blocks.append(FoundBlock(BlockId(branch, path, raw.path), raw, image, policy))
             problems.extend(
                 Problem(branch, path, line, message) for line, message in parsed.problems
@@ -165,7 +187,7 @@ class Discovery:
         except UnicodeDecodeError as exc:
             line = data[: exc.start].count(b"\n") + 1
             return _Parsed([], [(line, "not UTF-8 text; file skipped")])
-        raws, file_problems = values.find_blocks(text)
+        raws, file_problems = values.find_blocks(text, reading=self._reading)
         problems = [(p.line, p.message) for p in file_problems]
         blocks = []
         for raw in raws:
@@ -188,3 +210,8 @@ class Discovery:
         if found is None:
             found = self._images[repository] = canonical_name(repository)
         return found
+
+
+def _own_strategy(watch: object) -> bool:
+    """Whether a block's ``watch`` names its strategy: that wins over a promotions rule."""
+    return isinstance(watch, Mapping) and "strategy" in watch

@@ -124,14 +124,18 @@ def _file_log(
 
 
 def _block_at(
-    blob: str, path: KeyPath, read: ReadBlob, cache: dict[str, RawBlock | None]
+    blob: str,
+    path: KeyPath,
+    read: ReadBlob,
+    cache: dict[str, RawBlock | None],
+    reading: values.Reading,
 ) -> RawBlock | None:
     if blob in cache:
         return cache[blob]
     found = None
     if blob.strip("0"):  # all zeros: the file does not exist on that side
         try:
-            raws, _ = values.find_blocks(read(blob).decode("utf-8"))
+            raws, _ = values.find_blocks(read(blob).decode("utf-8"), reading=reading)
         except UnicodeDecodeError:
             raws = []
         found = next((raw for raw in raws if raw.path == path), None)
@@ -147,6 +151,7 @@ def last_change(
     field: Field,
     *,
     since: str | None = None,
+    reading: values.Reading = values.DEFAULT_READING,
 ) -> Stamp | None:
     """The newest commit (after ``since``) that set ``field`` of the block to the value it
     holds at ``head``; None when the last :data:`LAST_CHANGE_DEPTH` changes of the file
@@ -158,8 +163,8 @@ def last_change(
         if record.blobs is None:
             continue
         before, after = record.blobs
-        now = _block_at(after, path, read, cache)
-        then = _block_at(before, path, read, cache)
+        now = _block_at(after, path, read, cache, reading)
+        then = _block_at(before, path, read, cache, reading)
         if now is None:
             return None  # the block was not in this version: the walk went past its start
         if then is None or then.value(field) != now.value(field):
@@ -167,7 +172,13 @@ def last_change(
     return None
 
 
-def block_history(mirror: GitMirror, head: str, file: str, path: KeyPath) -> list[Version]:
+def block_history(
+    mirror: GitMirror,
+    head: str,
+    file: str,
+    path: KeyPath,
+    reading: values.Reading = values.DEFAULT_READING,
+) -> list[Version]:
     """Every version of the block through its file's history, oldest first: one entry per
     commit that changed its ``shasum``, ``overrideTag`` or ``tag``, or marked it."""
     ref = block_ref(file, path)
@@ -192,7 +203,9 @@ def block_history(mirror: GitMirror, head: str, file: str, path: KeyPath) -> lis
     previous: RawBlock | None = None
     for record in reversed(records):
         after = (
-            _block_at(record.blobs[1], path, mirror.read_blob, cache) if record.blobs else previous
+            _block_at(record.blobs[1], path, mirror.read_blob, cache, reading)
+            if record.blobs
+            else previous
         )
         marks = tuple(mark for mark in record.logged.marks if mark.ref == ref)
         if _shown(after) != _shown(previous) or marks:

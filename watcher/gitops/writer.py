@@ -60,9 +60,16 @@ class BranchWriter:
     """Writes batches of updates to one environment branch, one commit per batch."""
 
     def __init__(
-        self, mirror: GitMirror, branch: str, *, attempts: int = 5, backoff: float = 0.2
+        self,
+        mirror: GitMirror,
+        branch: str,
+        *,
+        attempts: int = 5,
+        backoff: float = 0.2,
+        reading: values.Reading = values.DEFAULT_READING,
     ) -> None:
         self.mirror = mirror
+        self.reading = reading
         self.branch = branch
         self.attempts = max(1, attempts)
         self.backoff = backoff
@@ -170,7 +177,9 @@ class BranchWriter:
             except UnicodeDecodeError:
                 dropped.extend(Dropped(u, f"{path} is not UTF-8 text") for u in group)
                 continue
-            new_text, results = values.apply_edits(text, [u.edit for u in group])
+            new_text, results = values.apply_edits(
+                text, [u.edit for u in group], reading=self.reading
+            )
             for update, result in zip(group, results, strict=True):
                 if result.applied or (keep_already and result.status == "already"):
                     applied.append(update)
@@ -191,5 +200,11 @@ class BranchWriter:
             [
                 Mark("set", update.block.ref, update.edit.field, update.edit.new)
                 for update in applied
+            ],
+            # Promotions name the source branch and commit of every value they copied.
+            [
+                trailers.source_line(update.block.ref, update.source)
+                for update in applied
+                if update.source
             ],
         )

@@ -62,6 +62,11 @@ def pin(block: FoundBlock, tag: str) -> Plan:
             f"TAG {tag!r} is not a valid tag ([A-Za-z0-9_][A-Za-z0-9._-], at most 128)"
         )
     steer, ref = block.steer, block.id.ref
+    if block.raw.string and block.policy.field == "shasum":
+        raise UsageError(
+            f"{ref} is a repo:tag string following its tag's digest: it has no overrideTag "
+            "to pin; change its tag by hand, or `watcher rollback` its digest"
+        )
     if steer.state == "pinned" and block.raw.override_tag == tag:
         return Plan("pin", already=f"{ref} is already pinned to {tag}")
     return Plan(
@@ -76,7 +81,7 @@ def release(block: FoundBlock) -> Plan:
     steer, ref, raw = block.steer, block.id.ref, block.raw
     if steer.state in ("following", "off"):
         return Plan("release", already=f"{ref} has no pin and no hold: it is {steer.state}")
-    managed = block.policy.field
+    managed = _managed(block)
     assert managed is not None  # pinned and held blocks have a strategy that writes
     if managed == "shasum" and raw.override_tag:
         # A digest block's pin is its overrideTag: cleared, the block follows its tag.
@@ -98,7 +103,7 @@ def release(block: FoundBlock) -> Plan:
 def rollback(block: FoundBlock, to: str | None, earlier: Sequence[str | None]) -> Plan:
     """``earlier``: the values the managed field had before, newest first (from history)."""
     steer, ref, raw = block.steer, block.id.ref, block.raw
-    managed = block.policy.field
+    managed = _managed(block)
     if managed is None:
         raise UsageError(
             f"{ref} has watch.strategy off: the watcher does not manage it, so there is "
@@ -132,3 +137,11 @@ def rollback(block: FoundBlock, to: str | None, earlier: Sequence[str | None]) -
         (Mark("rollback", ref, managed, target),),
         f"rollback {ref} to {short(target)} (from {short(current)}), held",
     )
+
+
+def _managed(block: FoundBlock) -> Field | None:
+    """The field the watcher manages on the block: a follower's is its source's."""
+    origin = block.origin
+    if origin is not None and origin.field is not None:
+        return origin.field
+    return block.policy.field

@@ -132,14 +132,23 @@ class Steer:
 FOLLOWING = Steer("following", None)
 
 
-def derive(raw: RawBlock, policy: Policy, marks: BlockMarks | None) -> Steer:
-    """The block's state from its marks and its values now."""
-    managed = policy.field
+def derive(
+    raw: RawBlock, policy: Policy, marks: BlockMarks | None, field: Field | None = None
+) -> Steer:
+    """The block's state from its marks and its values now.
+
+    ``field``: the value a ``follow`` block copies this time (its source's), when
+    that is not its policy's own."""
+    managed = field or policy.field
     if managed is None:
         return Steer("off", None)
     marks = marks or BlockMarks()
-    if managed == "shasum" and raw.override_tag:
+    if managed == "shasum" and raw.override_tag and not _copied(policy, marks, raw.override_tag):
         return _explained(Steer("pinned", "overrideTag", raw.override_tag), marks)
+    if managed == "shasum" and raw.override_tag:
+        # A follower whose source dropped its overrideTag: the watcher's own copy,
+        # not a person's pin, which the follower clears.
+        return _explained(Steer("following", "overrideTag", raw.override_tag), marks)
     now = raw.value(managed)
     latest = marks.latest.get(managed)
     if latest is None:
@@ -158,6 +167,17 @@ def derive(raw: RawBlock, policy: Policy, marks: BlockMarks | None) -> Steer:
     else:
         steer = Steer("following", managed, now)
     return _explained(steer, marks)
+
+
+def _copied(policy: Policy, marks: BlockMarks, value: str) -> bool:
+    """Whether a follower's ``overrideTag`` is the watcher's copy of its source's."""
+    latest = marks.latest.get("overrideTag")
+    return (
+        policy.strategy == "follow"
+        and latest is not None
+        and latest.mark.action == "set"
+        and latest.mark.value == value
+    )
 
 
 def _explained(steer: Steer, marks: BlockMarks) -> Steer:

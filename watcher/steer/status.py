@@ -6,9 +6,11 @@ the problems discovery found and the failures the checks met into a :class:`Stat
 :meth:`Status.to_json` and :func:`from_json` are the ``/status.json`` document.
 
 States: ``following``, ``pinned``, ``held`` and ``off`` come from git
-(:mod:`watcher.steer.holds`); ``failing`` is a block the watcher would follow but
-cannot this time, with the reason (its image could not be looked up, its tag is
-not in the registry, a push keeps failing). A values file that cannot be read is
+(:mod:`watcher.steer.holds`); ``promoted`` is a ``follow`` block that follows, with
+its source (the branch, block and commit its value comes from); ``failing`` is a
+block the watcher would follow but cannot this time, with the reason (its image
+could not be looked up, its tag is not in the registry, a push keeps failing, a
+follower has no source). A values file that cannot be read is
 listed among the environment's ``problems``, with its line.
 """
 
@@ -20,10 +22,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
 from watcher.blocks import BlockId, format_path
+from watcher.config import format_duration
 from watcher.gitops.discovery import FoundBlock, Problem
 from watcher.steer.holds import STATES, Stamp, Steer
 
-StatusState = Literal["following", "pinned", "held", "off", "failing"]
+StatusState = Literal["following", "promoted", "pinned", "held", "off", "failing"]
 STATUS_STATES: tuple[StatusState, ...] = get_args(StatusState)
 assert set(STATES) <= set(STATUS_STATES)
 
@@ -47,6 +50,9 @@ class Row:
     replaced: str | None = None
     changed: Stamp | None = None
     action: str | None = None
+    # A follow block's source: ``branch:file#key.path@commit`` (the commit that put the
+    # value there, else the branch's head).
+    source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,10 +89,13 @@ class Status:
     notes: tuple[str, ...] = ()
 
     def counts(self) -> dict[StatusState, int]:
+        """Blocks by state; ``promoted`` only where some block follows another branch."""
         out: dict[StatusState, int] = dict.fromkeys(STATUS_STATES, 0)
         for env in self.environments:
             for row in env.rows:
                 out[row.state] += 1
+        if not out["promoted"]:
+            del out["promoted"]
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -168,13 +177,32 @@ def build(
     return Status(environments, tuple(budgets), source=source, notes=tuple(notes))
 
 
+def state_of(block: FoundBlock, failing: bool = False) -> StatusState:
+    """A block's state as status shows it: its steer's, ``promoted`` for a follow block
+    that follows, ``failing`` for a following block whose last check or write failed."""
+    if block.steer.state != "following":
+        return block.steer.state
+    if failing:
+        return "failing"
+    return "promoted" if block.origin is not None else "following"
+
+
 def row(block: FoundBlock, failure: str | None = None) -> Row:
     """One block's row: its steer's state, or ``failing`` when it follows and failed."""
     steer = block.steer
-    state: StatusState = steer.state
+    origin = block.origin
+    if failure is None and origin is not None and steer.state == "following":
+        # A follower that cannot follow says so from git alone (no daemon needed).
+        failure = origin.problem or (origin.missing if origin.block is None else None)
+    state: StatusState = state_of(block, failure is not None)
     reason = explain(block, steer)
-    if failure is not None and steer.state == "following":
-        state, reason = "failing", failure
+    source = None
+    if origin is not None and origin.block is not None:
+        source = f"{origin.block}@{origin.commit}" if origin.commit else str(origin.block)
+    if state == "promoted" and origin is not None:
+        reason = _promoted(block)
+    if state == "failing" and failure is not None:
+        reason = failure
     elif failure is not None and steer.needs_facts:
         reason = f"{reason}; look-ups failing: {failure}"
     return Row(
@@ -193,7 +221,26 @@ def row(block: FoundBlock, failure: str | None = None) -> Row:
         replaced=steer.replaced,
         changed=steer.changed,
         action=steer.action,
+        source=source,
     )
+
+
+def _promoted(block: FoundBlock) -> str:
+    """Where a promoted block's value comes from, and whether it is there yet."""
+    origin = block.origin
+    assert origin is not None
+    since = f" (commit {origin.commit[:12]}{_who(origin.since)})" if origin.commit else ""
+    where = f"from {origin.branch}{since}"
+    if origin.field is None or origin.value is None:
+        return f"promoted {where}: the source holds no value yet"
+    if block.raw.value(origin.field) == origin.value and (
+        origin.field == "overrideTag" or not block.raw.override_tag
+    ):
+        return f"promoted {where}"
+    wait = ""
+    if origin.after > 0:
+        wait = f", once it has stood there {format_duration(origin.after)}"
+    return f"promoting {origin.field} {short(origin.value)} {where}{wait}"
 
 
 def explain(block: FoundBlock, steer: Steer) -> str:
@@ -216,6 +263,8 @@ def explain(block: FoundBlock, steer: Steer) -> str:
         return f"{what}; until `watcher release`"
     if block.policy.strategy == "digest":
         return f"{what}; until tag {block.raw.tag} points at a new build (or `watcher release`)"
+    if block.policy.strategy == "follow" and block.policy.source:
+        return f"{what}; until {block.policy.source} holds a new value (or `watcher release`)"
     return (
         f"{what}; until the {block.policy.strategy} policy picks a new tag (or `watcher release`)"
     )

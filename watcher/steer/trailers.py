@@ -10,6 +10,11 @@ back by ``git log --format=%(trailers)``)::
     Image-Watcher-Release: apps/api/values.yaml#image shasum=sha256:4f1c...
     Image-Watcher-Rollback: apps/web/values.yaml#image overrideTag=main-41
 
+A promotion (a ``follow`` block copying its source's value) adds where the value
+came from, the source branch and the commit that put the value there::
+
+    Image-Watcher-From: apps/api/values.yaml#image environment/staging@9f86d08...
+
 The value names the block as ``BLOCK`` selectors do (``file#key.path``), the field
 by its role (:data:`watcher.blocks.Field`) and the value that field holds once the
 commit is on the branch (nothing after ``=``: the field is empty). Holds are
@@ -51,6 +56,16 @@ class Mark:
         return f"{KEYS[self.action]}: {self.ref} {self.field}={self.value or ''}"
 
 
+FROM_KEY = _PREFIX + "From"
+"""The trailer naming a promoted value's source (not a mark: holds do not read it)."""
+
+
+def source_line(ref: str, source: str) -> str:
+    """The ``Image-Watcher-From`` trailer: block ``ref`` took its value from ``source``
+    (``branch@commit``)."""
+    return f"{FROM_KEY}: {ref} {source}"
+
+
 def parse(key: str, value: str) -> Mark | None:
     """A trailer as :class:`Mark`, or None when it is not one of ours (or is malformed)."""
     action = _BY_KEY.get(key.strip().lower())
@@ -79,7 +94,9 @@ def parse_block(text: str) -> list[Mark]:
     return marks
 
 
-def message(subject: str, body: Sequence[str], marks: Iterable[Mark]) -> str:
+def message(
+    subject: str, body: Sequence[str], marks: Iterable[Mark], extra: Iterable[str] = ()
+) -> str:
     """A commit message: subject, body lines, then the trailers as the last paragraph.
 
     Nothing may follow the trailers: git reads trailers from the last paragraph only.
@@ -87,6 +104,7 @@ def message(subject: str, body: Sequence[str], marks: Iterable[Mark]) -> str:
     one in practice; a hold on such a block is then not tracked, never misread).
     """
     lines = [mark.line() for mark in marks if "\n" not in mark.ref and "\r" not in mark.ref]
+    lines.extend(line for line in extra if "\n" not in line and "\r" not in line)
     parts = [subject.strip()]
     if body:
         parts.append("\n".join(body))

@@ -22,7 +22,7 @@ h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em}
 table{border-collapse:collapse;width:100%}
 th,td{border-bottom:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}
 th{background:#f4f4f4}code{font-size:12px}
-.following{color:#1a7f37}.pinned{color:#0550ae}.held{color:#9a6700}
+.following{color:#1a7f37}.promoted{color:#1a7f37}.pinned{color:#0550ae}.held{color:#9a6700}
 .off{color:#666}.failing{color:#cf222e;font-weight:bold}
 .counts span{margin-right:1.2em}.muted{color:#666}
 nav a{margin-right:1em}
@@ -74,7 +74,7 @@ def render(status: Status, *, branch: str | None = None, state: str | None = Non
 def _counts(status: Status) -> str:
     counts = status.counts()
     items = "".join(
-        f"<span class={name}><a href='?state={name}'>{name}</a>: {counts[name]}</span>"
+        f"<span class={name}><a href='?state={name}'>{name}</a>: {counts.get(name, 0)}</span>"
         for name in STATUS_STATES
     )
     return f"<p class=counts>{items}</p>"

@@ -10,7 +10,16 @@
 """
 
 from watcher.gitops.values.edit import EditResult, Status, apply_edits
-from watcher.gitops.values.read import BlockProblem, find_blocks
+from watcher.gitops.values.read import DEFAULT_READING, BlockProblem, Reading, find_blocks
 from watcher.gitops.values.scalars import plain_is_safe
 
-__all__ = ["BlockProblem", "EditResult", "Status", "apply_edits", "find_blocks", "plain_is_safe"]
+__all__ = [
+    "DEFAULT_READING",
+    "BlockProblem",
+    "EditResult",
+    "Reading",
+    "Status",
+    "apply_edits",
+    "find_blocks",
+    "plain_is_safe",
+]

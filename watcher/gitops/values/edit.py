@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from yaml.nodes import MappingNode, ScalarNode
 
 from watcher.blocks import Edit, Field, KeyPath, RawBlock, format_path
 from watcher.gitops.values.compose import ComposeError, compose
 from watcher.gitops.values.read import (
+    DEFAULT_READING,
+    DIGEST_PREFIX,
     OVERRIDE,
     REPOSITORY,
     SHASUM,
@@ -24,6 +26,7 @@ from watcher.gitops.values.read import (
     Composer,
     Entry,
     Found,
+    Reading,
     scan_text,
     syntax_problem,
 )
@@ -55,7 +58,19 @@ class _Splice:
 
 
 def _current(found: Found, field: Field) -> str | None:
-    return found.raw.shasum if field == SHASUM else found.raw.override_tag
+    return found.raw.value(field)
+
+
+def _key(found: Found, field: Field) -> str:
+    """The key that holds ``field`` in this block (the one to add when it is absent)."""
+    return found.digest_key if field == SHASUM else OVERRIDE
+
+
+def _written(found: Found, edit: Edit) -> str | None:
+    """``edit.new`` as the chart wants it written (a bare hex digest for some charts)."""
+    if edit.field == SHASUM and found.hex and edit.new:
+        return edit.new.removeprefix(DIGEST_PREFIX)
+    return edit.new
 
 
 def _is_local(entry: Entry, mapping: MappingNode) -> bool:
@@ -111,11 +126,11 @@ def _replace(text: str, found: Found, entry: Entry, edit: Edit, order: int) -> _
         colon = text.find(":", entry.key.end_mark.index)
         if colon < 0 or text[entry.key.end_mark.index : colon].strip():
             return f"cannot find the colon after {edit.field}"
-        rendered = render(edit.new, _tag_quote(found), flow)
+        rendered = render(_written(found, edit), _tag_quote(found), flow)
         return _Splice(colon + 1, colon + 1, " " + rendered, order)
     # A plain `a:b` already in this flow mapping reads fine wherever this file is read.
     flow_risk = flow and ":" not in str(value.value)
-    return _Splice(start, end, render(edit.new, style, flow_risk), order)
+    return _Splice(start, end, render(_written(found, edit), style, flow_risk), order)
 
 
 def _insert(text: str, found: Found, edit: Edit, order: int) -> _Splice | str:
@@ -123,7 +138,8 @@ def _insert(text: str, found: Found, edit: Edit, order: int) -> _Splice | str:
     mapping = found.node
     tag_entry = found.entries[TAG]
     flow = bool(mapping.flow_style)
-    rendered = render(edit.new, _tag_quote(found), flow)
+    rendered = render(_written(found, edit), _tag_quote(found), flow)
+    key = _key(found, edit.field)
     if flow:
         close = mapping.end_mark.index - 1
         if close < 0 or text[close] != "}":
@@ -133,7 +149,7 @@ def _insert(text: str, found: Found, edit: Edit, order: int) -> _Splice | str:
             at -= 1
         previous = text[at - 1]
         sep = "" if previous == "{" else " " if previous == "," else ", "
-        return _Splice(at, at, f"{sep}{edit.field}: {rendered}", order)
+        return _Splice(at, at, f"{sep}{key}: {rendered}", order)
 
     # Block mapping: a new line after the line where the `tag` entry ends (or, when the
     # tag is merged in, after the local `repository` or `<<` entry), at that key's indent.
@@ -149,7 +165,7 @@ def _insert(text: str, found: Found, edit: Edit, order: int) -> _Splice | str:
         local = isinstance(anchor_entry.value, ScalarNode) and _is_local(anchor_entry, mapping)
         pos = anchor_entry.value.end_mark.index if local else key_node.end_mark.index
     indent = " " * int(key_node.start_mark.column)
-    line = f"{indent}{edit.field}: {rendered}"
+    line = f"{indent}{key}: {rendered}"
     if pos > 0 and text[pos - 1] == "\n":  # a block scalar's node ends on the next line
         return _Splice(pos, pos, line + _eol(text, pos - 1), order)
     newline = text.find("\n", pos)
@@ -158,12 +174,36 @@ def _insert(text: str, found: Found, edit: Edit, order: int) -> _Splice | str:
     return _Splice(newline + 1, newline + 1, line + _eol(text, newline), order)
 
 
+def _reference(text: str, found: Found, edit: Edit, order: int) -> _Splice | str:
+    """A ``repo:tag[@digest]`` string rewritten whole: ``repo:tag@<digest>`` for a digest,
+    ``repo:<tag>`` for a tag (the old digest named another build)."""
+    entry = found.entries[REPOSITORY]
+    value = entry.value
+    assert isinstance(value, ScalarNode)
+    if _anchored(text, value) or not _is_local(entry, found.node):
+        return "the string carries an anchor or is an alias; editing it would change others"
+    if value.style in ("|", ">"):
+        return "the string is a block scalar; refusing to rewrite it"
+    if edit.new is None:
+        return "a string's tag cannot be emptied"
+    raw = found.raw
+    if edit.field == SHASUM:
+        new = f"{raw.repository}:{raw.tag}@{edit.new}"
+    else:
+        new = f"{raw.repository}:{edit.new}"
+    # The string already had a `:` in it, so a flow mapping read it fine plain.
+    rendered = render(new, value.style or None, False, reference=True)
+    return _Splice(value.start_mark.index, value.end_mark.index, rendered, order)
+
+
 def _plan(
     text: str, found: Found, edit: Edit, merge_sources: set[int], order: int
 ) -> _Splice | str:
     """Where and what to splice for ``edit``, or why it cannot be done."""
     if id(found.node) in merge_sources:
         return "the block is merged into other mappings with `<<`; editing it would change them"
+    if found.string:
+        return _reference(text, found, edit, order)
     entry = found.entries.get(edit.field)
     if entry is not None:
         return _replace(text, found, entry, edit, order)
@@ -177,46 +217,47 @@ def _valid(edit: Edit) -> bool:
 
 
 def _verify(
-    before: list[Found], after_text: str, applied: Sequence[Edit], composer: Composer
+    before: list[Found],
+    after_text: str,
+    applied: Sequence[Edit],
+    composer: Composer,
+    reading: Reading,
 ) -> str | None:
     """Why ``after_text`` is not exactly the intended result, or None if it is."""
     try:
-        after = scan_text(after_text, composer)
+        after = scan_text(after_text, composer, reading)
     except ComposeError as exc:
         return f"the edited file does not parse: {syntax_problem(exc).message}"
     new = {(f.raw.document, f.raw.path): f.raw for f in after.blocks}
-    expected: dict[tuple[int, KeyPath], dict[str, Any]] = {}
-    for f in before:
-        expected[(f.raw.document, f.raw.path)] = {
-            SHASUM: f.raw.shasum,
-            OVERRIDE: f.raw.override_tag,
-        }
+    expected = {(f.raw.document, f.raw.path): f.raw for f in before}
     for edit in applied:
-        expected[(edit.document, edit.path)][edit.field] = edit.new
+        where = (edit.document, edit.path)
+        expected[where] = expected[where].with_value(edit.field, edit.new)
     if set(new) != set(expected):
         return "the edited file has a different set of image blocks"
-    for f in before:
-        where = (f.raw.document, f.raw.path)
+    for where, want in expected.items():
         got: RawBlock = new[where]
-        want = expected[where]
-        if (got.repository, got.tag, got.watch) != (f.raw.repository, f.raw.tag, f.raw.watch):
-            return f"{format_path(f.raw.path)} would change beyond the edited value"
-        if (got.shasum, got.override_tag) != (want[SHASUM], want[OVERRIDE]):
-            return f"{format_path(f.raw.path)} would not read back as intended"
+        if (got.repository, got.tag, got.watch) != (want.repository, want.tag, want.watch):
+            return f"{format_path(want.path)} would change beyond the edited value"
+        if (got.shasum, got.override_tag) != (want.shasum, want.override_tag):
+            return f"{format_path(want.path)} would not read back as intended"
     return None
 
 
 def apply_edits(
-    text: str, edits: Sequence[Edit], composer: Composer = compose
+    text: str,
+    edits: Sequence[Edit],
+    composer: Composer = compose,
+    reading: Reading = DEFAULT_READING,
 ) -> tuple[str, list[EditResult]]:
     """Apply the edits that still mean what they meant; the person wins everywhere else.
 
     Returns the new text (the original text when nothing applied) and one result per edit,
     in order. The edited text is read again (``composer``, like the first reading) and
-    refused unless it reads back as intended.
+    refused unless it reads back as intended. ``reading`` says which keys hold what.
     """
     try:
-        scan = scan_text(text, composer)
+        scan = scan_text(text, composer, reading)
     except ComposeError as exc:
         problem = syntax_problem(exc)
         reason = f"file does not parse: line {problem.line}: {problem.message}"
@@ -248,7 +289,7 @@ def apply_edits(
         cursor = max(cursor, splice.end)
     pieces.append(text[cursor:])
     out = "".join(pieces)
-    failure = _verify(scan.blocks, out, applied, composer)
+    failure = _verify(scan.blocks, out, applied, composer, reading)
     if failure is not None:
         reason = f"refused: {failure}"
         return text, [EditResult(r.edit, "skipped", reason) if r.applied else r for r in results]

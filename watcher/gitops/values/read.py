@@ -15,6 +15,9 @@ from typing import Any
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from watcher.blocks import KeyPath, RawBlock, format_path
+from watcher.config.settings import GitConfig, Keys
+from watcher.errors import InvalidReference
+from watcher.gitops.paths import matches_any
 from watcher.gitops.values.compose import (
     MAX_DEPTH,
     TOO_DEEP,
@@ -24,13 +27,38 @@ from watcher.gitops.values.compose import (
     compose,
 )
 from watcher.gitops.values.scalars import INT, MERGE, NULL, STR, to_python
+from watcher.references import split_reference
 
 Composer = Callable[[str], Nodes]
 
-# The keys a block's reading and writing use, by role. Only `repository` and `tag`
-# make a mapping a block; the others are read when present.
-REPOSITORY, TAG, SHASUM, OVERRIDE, WATCH = "repository", "tag", "shasum", "overrideTag", "watch"
-OPTIONAL = (SHASUM, OVERRIDE, WATCH)
+# The roles a block's reading and writing use; which key of the mapping holds each is
+# the reading's business (`git.keys`). Only `repository` and `tag` make a mapping a block.
+REGISTRY, REPOSITORY, TAG, SHASUM, OVERRIDE, WATCH = (
+    "registry",
+    "repository",
+    "tag",
+    "shasum",
+    "overrideTag",
+    "watch",
+)
+DIGEST_PREFIX = "sha256:"
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How values files are read: the key names of each role (``git.keys``) and the key
+    paths whose strings are image references (``git.strings``)."""
+
+    keys: Keys
+    strings: tuple[str, ...]
+
+    @classmethod
+    def of(cls, git: GitConfig) -> Reading:
+        return cls(git.keys, git.strings)
+
+
+DEFAULT_READING = Reading.of(GitConfig())
+"""What a configuration that leaves ``git.keys`` and ``git.strings`` out reads."""
 
 
 @dataclass(frozen=True)
@@ -50,11 +78,17 @@ class Entry:
 
 @dataclass(frozen=True)
 class Found:
-    """A block as read, with the nodes an edit needs: its mapping and its entries by role."""
+    """A block as read, with the nodes an edit needs: its mapping and its entries by role.
+
+    ``digest_key`` is the key the digest goes in (the entry's, or the one to add), and
+    ``hex`` whether the chart wants it without ``sha256:``."""
 
     raw: RawBlock
     node: MappingNode
     entries: dict[str, Entry]
+    digest_key: str = SHASUM
+    hex: bool = False
+    string: bool = False  # a `repo:tag[@digest]` string; its one entry is in every role
 
 
 @dataclass
@@ -92,12 +126,19 @@ def lookup(node: MappingNode, key: str, depth: int = 0) -> Entry | None:
     return None
 
 
-def block_keys(node: MappingNode) -> dict[str, Entry] | None:
-    """Whether ``node`` is an image block, and if so which key holds what, by role.
+def block_keys(
+    node: MappingNode, keys: Keys = DEFAULT_READING.keys
+) -> tuple[dict[str, Entry], str] | None:
+    """Whether ``node`` is an image block, and if so which key holds what, by role, and
+    the key the digest goes in.
 
-    A block is a mapping whose (possibly merged) ``repository`` is a string and which
-    has a ``tag``; ``shasum``, ``overrideTag`` and ``watch`` are read when present.
-    Keys resolve as :func:`lookup` says (local keys win; later duplicates win).
+    A block is a mapping whose (possibly merged) ``repository`` is a non-empty string
+    and whose ``tag`` is neither null nor empty: null, ``~``, ``""`` or an absent key
+    mean the chart's default (its appVersion, a global image), which is nobody's block.
+    ``registry``, the digest, ``overrideTag`` and ``watch`` are read when present. Each
+    role takes the first of its names (``keys``) the mapping has, with a non-empty value
+    for ``registry``, ``repository`` and ``tag``. Keys resolve as :func:`lookup` says
+    (local keys win; later duplicates win).
     """
     local: dict[str, tuple[ScalarNode, Node]] = {}
     merges: list[MappingNode] = []
@@ -108,31 +149,51 @@ def block_keys(node: MappingNode) -> dict[str, Entry] | None:
             elif k.tag == MERGE:
                 merges.extend(_merge_sources(v))
     # Cheap filter first, so that huge files cost one pass: only mappings with a local
-    # `repository`/`tag` key or a merge key can be image blocks.
-    if not merges and REPOSITORY not in local and TAG not in local:
+    # repository or tag key, or a merge key, can be image blocks.
+    if not merges and not any(name in local for name in (*keys.repository, *keys.tag)):
         return None
 
-    def entry(role: str) -> Entry | None:
-        if role in local:
-            return Entry(*local[role], False)
+    def entry(name: str) -> Entry | None:
+        if name in local:
+            return Entry(*local[name], False)
         for source in merges:
-            found = lookup(source, role, 1)
+            found = lookup(source, name, 1)
             if found is not None:
                 return Entry(found.key, found.value, True)
         return None
 
-    repository = entry(REPOSITORY)
-    if repository is None or not _is_str(repository.value):
+    def first(names: tuple[str, ...], filled: bool) -> tuple[str, Entry] | None:
+        for name in names:
+            found = entry(name)
+            if found is not None and (not filled or not _is_empty(found.value)):
+                return name, found
         return None
-    tag = entry(TAG)
+
+    repository = first(keys.repository, True)
+    if repository is None or not _is_str(repository[1].value):
+        return None
+    tag = first(keys.tag, True)
     if tag is None:
         return None
-    entries = {REPOSITORY: repository, TAG: tag}
-    for role in OPTIONAL:
+    entries = {REPOSITORY: repository[1], TAG: tag[1]}
+    registry = first(keys.registry, True)
+    if registry is not None and _is_str(registry[1].value):
+        entries[REGISTRY] = registry[1]
+    digest = first(keys.digest, False)
+    if digest is not None:
+        entries[SHASUM] = digest[1]
+    for role in (OVERRIDE, WATCH):
         found = entry(role)
         if found is not None:
             entries[role] = found
-    return entries
+    return entries, digest[0] if digest is not None else keys.digest[-1]
+
+
+def _is_empty(node: Node) -> bool:
+    """Null, ``~`` or an empty string: "the chart's default"."""
+    if not isinstance(node, ScalarNode):
+        return False
+    return node.tag == NULL or (node.tag == STR and not node.value)
 
 
 def _is_str(node: Node) -> bool:
@@ -212,25 +273,113 @@ def _tag_text(entry: Entry, path: KeyPath, problems: list[BlockProblem]) -> str 
     return None
 
 
-def _examine(node: MappingNode, document: int, path: KeyPath, scan: Scan) -> None:
-    entries = block_keys(node)
-    if entries is None:
+@dataclass(frozen=True)
+class Globals:
+    """A document's registries for all its blocks (``git.keys.registry_override`` and
+    ``registry_fallback``), as read from its root."""
+
+    override: str | None = None
+    fallback: str | None = None
+
+
+def _at(root: Node, dotted: str) -> str | None:
+    """The non-empty string at a dotted key path from ``root``, if there is one."""
+    node: Node | None = root
+    for part in dotted.split("."):
+        if not isinstance(node, MappingNode):
+            return None
+        entry = lookup(node, part)
+        node = entry.value if entry is not None else None
+    if node is None or not _is_str(node) or not node.value:
+        return None
+    return str(node.value)
+
+
+def _globals(root: Node, keys: Keys) -> Globals:
+    def first(paths: tuple[str, ...]) -> str | None:
+        for dotted in paths:
+            value = _at(root, dotted)
+            if value is not None:
+                return value
+        return None
+
+    return Globals(first(keys.registry_override), first(keys.registry_fallback))
+
+
+def _examine(
+    node: MappingNode, document: int, path: KeyPath, scan: Scan, keys: Keys, world: Globals
+) -> None:
+    found = block_keys(node, keys)
+    if found is None:
         return
+    entries, digest_key = found
     tag = _tag_text(entries[TAG], path, scan.problems)
     if tag is None:
         return
+    repository = str(entries[REPOSITORY].value.value)
+    own = entries.get(REGISTRY)
+    registry = world.override or (str(own.value.value) if own is not None else world.fallback)
+    if registry:
+        # What the chart pulls: its templates join the two with a slash.
+        repository = f"{registry}/{repository}"
+    hex_digest = digest_key in keys.hex
+    shasum = _optional_str(entries.get(SHASUM), digest_key, scan.problems)
+    if hex_digest and shasum is not None:
+        if shasum.startswith(DIGEST_PREFIX):
+            entry = entries[SHASUM]
+            scan.problems.append(
+                BlockProblem(
+                    _line(entry),
+                    f"{format_path(path)}: {digest_key} is written without {DIGEST_PREFIX} "
+                    "(the chart adds it): the 64 hex digits alone",
+                )
+            )
+        else:
+            shasum = DIGEST_PREFIX + shasum
     watch = entries.get(WATCH)
     raw = RawBlock(
         document=document,
         path=path,
         line=_block_line(node),
-        repository=str(entries[REPOSITORY].value.value),
+        repository=repository,
         tag=tag,
-        shasum=_optional_str(entries.get(SHASUM), SHASUM, scan.problems),
+        shasum=shasum,
         override_tag=_optional_str(entries.get(OVERRIDE), OVERRIDE, scan.problems),
         watch=plain(watch.value) if watch is not None else None,
     )
-    scan.blocks.append(Found(raw, node, entries))
+    scan.blocks.append(Found(raw, node, entries, digest_key, hex_digest))
+
+
+def _strings(
+    node: MappingNode, document: int, path: KeyPath, scan: Scan, globs: tuple[str, ...]
+) -> None:
+    """The ``repo:tag[@digest]`` strings of ``node`` whose key paths ``git.strings`` names."""
+    for key, value in node.value:
+        if not (isinstance(key, ScalarNode) and key.tag == STR and _is_str(value)):
+            continue
+        where = (*path, key.value)
+        if not value.value or not matches_any(globs, "/".join(map(str, where))):
+            continue
+        entry = Entry(key, value, False)
+        try:
+            name, tag, digest = split_reference(str(value.value))
+        except InvalidReference as exc:
+            scan.problems.append(BlockProblem(_line(entry), f"{format_path(where)}: {exc}"))
+            continue
+        if tag is None:  # nothing to follow: `repo` alone, or pinned as `repo@sha256:...`
+            continue
+        raw = RawBlock(
+            document=document,
+            path=where,
+            line=_line(entry),
+            repository=name,
+            tag=tag,
+            shasum=digest,
+            override_tag=None,
+            string=True,
+        )
+        entries = {REPOSITORY: entry, TAG: entry, SHASUM: entry, OVERRIDE: entry}
+        scan.blocks.append(Found(raw, node, entries, string=True))
 
 
 def _collections(root: Node) -> Iterator[tuple[Node, KeyPath]]:
@@ -257,26 +406,31 @@ def _collections(root: Node) -> Iterator[tuple[Node, KeyPath]]:
             stack.extend(reversed([(item, (*path, i)) for i, item in enumerate(node.value)]))
 
 
-def scan_nodes(documents: Nodes) -> Scan:
+def scan_nodes(documents: Nodes, reading: Reading = DEFAULT_READING) -> Scan:
     """Every block in composed documents; raises ComposeError when they nest too deeply."""
     scan = Scan([], [], set())
     for document, root in enumerate(documents):
         if root is None:
             continue
+        world = _globals(root, reading.keys)
         for node, path in _collections(root):
             if not isinstance(node, MappingNode):
                 continue
             for key, value in node.value:
                 if isinstance(key, ScalarNode) and key.tag == MERGE:
                     scan.merge_sources.update(id(source) for source in _merge_sources(value))
-            _examine(node, document, path, scan)
+            _examine(node, document, path, scan, reading.keys, world)
+            if reading.strings:
+                _strings(node, document, path, scan, reading.strings)
     return scan
 
 
-def scan_text(text: str, composer: Composer = compose) -> Scan:
+def scan_text(
+    text: str, composer: Composer = compose, reading: Reading = DEFAULT_READING
+) -> Scan:
     """Raises ComposeError on a syntax error."""
     with collector_paused():
-        return scan_nodes(composer(text))
+        return scan_nodes(composer(text), reading)
 
 
 def syntax_problem(exc: ComposeError) -> BlockProblem:
@@ -284,11 +438,11 @@ def syntax_problem(exc: ComposeError) -> BlockProblem:
 
 
 def find_blocks(
-    text: str, composer: Composer = compose
+    text: str, composer: Composer = compose, reading: Reading = DEFAULT_READING
 ) -> tuple[list[RawBlock], list[BlockProblem]]:
     """Every image block in a values file, in document order, and the problems found."""
     try:
-        scan = scan_text(text, composer)
+        scan = scan_text(text, composer, reading)
     except ComposeError as exc:
         return [], [syntax_problem(exc)]
     return [found.raw for found in scan.blocks], scan.problems

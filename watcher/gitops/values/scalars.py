@@ -123,8 +123,9 @@ def to_python(tag: str, text: str) -> Any:
     return text
 
 
-def plain_is_safe(value: str, flow: bool = False) -> bool:
-    """Whether ``value`` written unquoted reads back as that exact string in any reader."""
+def plain_is_safe(value: str, flow: bool = False, reference: bool = False) -> bool:
+    """Whether ``value`` written unquoted reads back as that exact string in any reader
+    (``reference``: an image reference, whose ``/`` and ``@`` are plain too)."""
     if not value or value.lower() in _RISKY_WORDS or _NUMBERISH.fullmatch(value):
         return False
     if flow and ":" in value:  # old libyaml ports reject `a:b` inside `{...}`
@@ -133,10 +134,11 @@ def plain_is_safe(value: str, flow: bool = False) -> bool:
         tag = resolver.resolve(RuamelScalar, value, (True, False))
         if str(getattr(tag, "value", tag)) != STR:
             return False
-    return bool(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._:-]*", value))
+    allowed = r"[A-Za-z0-9_][A-Za-z0-9._:/@-]*" if reference else r"[A-Za-z0-9_][A-Za-z0-9._:-]*"
+    return bool(re.fullmatch(allowed, value))
 
 
-def render(value: str | None, style: str | None, flow: bool) -> str:
+def render(value: str | None, style: str | None, flow: bool, reference: bool = False) -> str:
     """``value`` as it goes into the file: in the quotes it replaces, else plain if safe;
     None (a field emptied) as an empty quoted string."""
     # Values come from the OCI grammar (letters, digits, `._-:`), so no escaping is needed.
@@ -144,6 +146,6 @@ def render(value: str | None, style: str | None, flow: bool) -> str:
         return "''" if style == "'" else '""'
     if style == "'":
         return f"'{value}'"
-    if style == '"' or not plain_is_safe(value, flow):
+    if style == '"' or not plain_is_safe(value, flow, reference):
         return f'"{value}"'
     return value
