@@ -107,8 +107,10 @@ class Engine:
         self._redis: RedisClient | None = None
         self.router: EventRouter | None = None  # while the daemon runs with events
         self._git_problem: str | None = "the git remote has not been read yet"
-        # The last discovery's fetch, reading and holds, in seconds (for its log line).
+        # The last discovery's fetch, reading and holds, in seconds, and its whole time
+        # and the part in its thread (the daemon's "discovery done" line).
         self._timings = (0.0, 0.0, 0.0)
+        self._discovered = (0.0, 0.0)
         # Why each follow block cannot follow, as last logged (each new reason once).
         self._promotion_reasons: dict[BlockId, str] = {}
 
@@ -217,16 +219,7 @@ class Engine:
         self.metrics.image_blocks.set(watch.block_count)
         threaded = time.monotonic() - began
         self.board.discovered(watch)
-        fetch_s, read_s, holds_s = self._timings
-        log.info(
-            "discovery done",
-            blocks=watch.block_count,
-            seconds=round(time.monotonic() - began, 3),
-            fetch_seconds=round(fetch_s, 3),
-            read_seconds=round(read_s, 3),
-            holds_seconds=round(holds_s, 3),
-            thread_seconds=round(threaded, 3),
-        )
+        self._discovered = (time.monotonic() - began, threaded)
         return watch
 
     def _discover(self, fetch: bool, holds: bool) -> WatchSet:
@@ -433,6 +426,16 @@ class Engine:
             else:
                 if self.scheduler is not None:
                     self.scheduler.set_watch(watch)
+                (seconds, threaded), (fetch_s, read_s, holds_s) = self._discovered, self._timings
+                log.info(
+                    "discovery done",
+                    blocks=watch.block_count,
+                    seconds=round(seconds, 3),
+                    fetch_seconds=round(fetch_s, 3),
+                    read_seconds=round(read_s, 3),
+                    holds_seconds=round(holds_s, 3),
+                    thread_seconds=round(threaded, 3),
+                )
                 # Followers copy what this discovery read on their sources: a value
                 # written to a source is promoted at the next discovery after it lands.
                 try:
