@@ -43,7 +43,7 @@ Choices where Google's behaviour is unknown or would make the emulator useless f
   scopes may be repeated or space-separated.
 - ``Retry-After`` is whole seconds (RFC 9110 ``delay-seconds``): ``retry_after`` is rounded up.
 - Quota and request log count a request at its arrival, as Google's frontends do: the
-  time the kernel received it (``TCP_INFO``, to a clock tick of a few ms), not the later
+  time the kernel received it (``TCP_INFO``, to within two clock ticks), not the later
   time this process's event loop got round to it, which a loaded machine delays by tens
   of milliseconds and which is no doing of the client.
 
@@ -252,6 +252,9 @@ def _errors(code: str, message: str, status: int, **headers: str) -> web.Respons
 # tcpi_last_data_recv, the milliseconds since data last arrived, is the twelfth.
 _TCP_INFO_SIZE = 104
 _LAST_DATA_RECV = 8 + 11 * 4
+# The kernel counts that age in clock ticks, up to a tick either way; a tick is at most
+# 10 ms (HZ=100). Added once, the arrival is never put before the request was sent.
+_TICK = 0.01
 
 
 def _arrival(request: web.BaseRequest) -> float:
@@ -260,8 +263,9 @@ def _arrival(request: web.BaseRequest) -> float:
     Google's frontends count a request when it reaches them. Our handler runs once this
     process's event loop gets to it, which on a loaded machine can be tens of
     milliseconds later, and a batch that waited in the socket would be stamped
-    together. The kernel knows when the data came in (``TCP_INFO``, to a clock tick);
-    without it (not Linux, not TCP) the handler's time is the arrival.
+    together. The kernel knows when the data came in (``TCP_INFO``, in clock ticks):
+    the arrival is never before the request was sent and at most two ticks after it,
+    or the handler's time if that is earlier (and without ``TCP_INFO``).
     """
     now = time.monotonic()
     transport = request.transport
@@ -276,7 +280,7 @@ def _arrival(request: web.BaseRequest) -> float:
     if len(info) < _LAST_DATA_RECV + 4:
         return now
     age_ms: int = struct.unpack_from("I", info, _LAST_DATA_RECV)[0]
-    return now - age_ms / 1000
+    return min(now, now - age_ms / 1000 + _TICK)
 
 
 def max_in_window(timestamps: Iterable[float], window_seconds: float) -> int:
