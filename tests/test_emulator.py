@@ -11,6 +11,8 @@ import re
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -597,6 +599,37 @@ async def test_quota_counting_rejected_requests_keeps_client_locked_out(
             await asyncio.sleep(0.1)  # spacing: requests keep coming within each window
         assert statuses[:2] == [200, 200]
         assert statuses[3:] == [429] * 5
+
+
+def blocking_get(url: str) -> tuple[float, int]:
+    """(when it was sent, status): a client of its own, not on the emulator's loop."""
+    sent = time.monotonic()
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return sent, int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return sent, exc.code
+
+
+@pytest.mark.integration
+async def test_quota_counts_a_request_when_it_arrives_not_when_the_loop_reaches_it() -> None:
+    # Google counts a request when it reaches its frontend. A request that waited in the
+    # socket while the emulator's loop was held up (a loaded machine) arrived when it
+    # was sent: counted at the handler's time instead, the first request below would
+    # share a window with the two sent 0.75 s later, and the last would get a 429.
+    async with open_emulator(auth_required=False, quota_requests=2, quota_window=0.5) as emu:
+        url = f"{emu.url}/v2/"
+        # Submitted to the thread now, not once this loop runs again.
+        first = asyncio.get_running_loop().run_in_executor(None, blocking_get, url)
+        stalled_at = time.monotonic()
+        time.sleep(0.4)  # noqa: ASYNC251 -- the stall under test: this loop serves the emulator
+        early_sent, early_status = await first
+        assert early_sent < stalled_at + 0.4, "the first request was sent during the stall"
+        await asyncio.sleep(max(0.0, stalled_at + 0.75 - time.monotonic()))
+        later = [await asyncio.to_thread(blocking_get, url) for _ in range(2)]
+        assert [early_status] + [status for _, status in later] == [200, 200, 200]
+        assert abs(emu.log[0].monotonic - early_sent) < 0.05
+        assert emu.max_in_window(0.5) == 2
 
 
 @pytest.mark.unit

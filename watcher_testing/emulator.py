@@ -44,6 +44,10 @@ Choices where Google's behaviour is unknown or would make the emulator useless f
 - The token endpoint accepts any ``service`` value (Google's does not check it closely);
   scopes may be repeated or space-separated.
 - ``Retry-After`` is whole seconds (RFC 9110 ``delay-seconds``): ``retry_after`` is rounded up.
+- Quota and request log count a request at its arrival, as Google's frontends do: the
+  time the kernel received it (``TCP_INFO``, to within two clock ticks), not the later
+  time this process's event loop got round to it, which a loaded machine delays by tens
+  of milliseconds and which is no doing of the client.
 
 Every client IP on 127.0.0.0/8 is its own quota client: a test can act as two replicas by
 binding client sockets to 127.0.0.2, 127.0.0.3, ... (``aiohttp.TCPConnector(local_addr=...)``).
@@ -55,6 +59,7 @@ import argparse
 import asyncio
 import base64
 import binascii
+import bisect
 import contextlib
 import hashlib
 import json
@@ -62,10 +67,11 @@ import math
 import re
 import secrets
 import signal
+import socket
+import struct
 import time
 import urllib.error
 import urllib.request
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -160,7 +166,8 @@ class EmulatorSettings:
 class LoggedRequest:
     """One request as the emulator saw it.
 
-    ``monotonic`` is the arrival time on ``time.monotonic()`` (what the quota counts);
+    ``monotonic`` is the arrival time on ``time.monotonic()`` (what the quota counts:
+    when the kernel received the request, not when the handler ran);
     ``status`` is None while the request is in flight, or when no HTTP response was
     sent (a dropped connection).
     """
@@ -249,6 +256,41 @@ def _errors(code: str, message: str, status: int, **headers: str) -> web.Respons
     return web.Response(status=status, text=body, content_type="application/json", headers=headers)
 
 
+# struct tcp_info (linux/tcp.h): eight one-byte fields, then 32-bit counters of which
+# tcpi_last_data_recv, the milliseconds since data last arrived, is the twelfth.
+_TCP_INFO_SIZE = 104
+_LAST_DATA_RECV = 8 + 11 * 4
+# The kernel counts that age in clock ticks, up to a tick either way; a tick is at most
+# 10 ms (HZ=100). Added once, the arrival is never put before the request was sent.
+_TICK = 0.01
+
+
+def _arrival(request: web.BaseRequest) -> float:
+    """When the request's last bytes reached this host, on ``time.monotonic()``.
+
+    Google's frontends count a request when it reaches them. Our handler runs once this
+    process's event loop gets to it, which on a loaded machine can be tens of
+    milliseconds later, and a batch that waited in the socket would be stamped
+    together. The kernel knows when the data came in (``TCP_INFO``, in clock ticks):
+    the arrival is never before the request was sent and at most two ticks after it,
+    or the handler's time if that is earlier (and without ``TCP_INFO``).
+    """
+    now = time.monotonic()
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    option = getattr(socket, "TCP_INFO", None)
+    if sock is None or option is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return now
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, option, _TCP_INFO_SIZE)
+    except OSError:
+        return now
+    if len(info) < _LAST_DATA_RECV + 4:
+        return now
+    age_ms: int = struct.unpack_from("I", info, _LAST_DATA_RECV)[0]
+    return min(now, now - age_ms / 1000 + _TICK)
+
+
 def max_in_window(timestamps: Iterable[float], window_seconds: float) -> int:
     """The most timestamps in any window ``[t, t + window_seconds)``."""
     times = sorted(timestamps)
@@ -274,7 +316,7 @@ class GoogleRegistryEmulator:
         self._tokens: dict[str, _Token] = {}
         # OAuth access tokens issued by the metadata server -> monotonic expiry.
         self._access_tokens: dict[str, float] = {}
-        self._windows: dict[str, deque[float]] = {}
+        self._windows: dict[str, list[float]] = {}
         self._sequence = 0
         self._runner: web.AppRunner | None = None
         self._stopping = asyncio.Event()
@@ -646,9 +688,10 @@ class GoogleRegistryEmulator:
             kind = "metadata"
         if self.settings.service_account_keys and request.path == "/token":
             kind = "oauth"
+        arrived = _arrival(request)
         entry = LoggedRequest(
-            monotonic=time.monotonic(),
-            wall=time.time(),
+            monotonic=arrived,
+            wall=time.time() - (time.monotonic() - arrived),
             client=request.remote or "",
             method=request.method,
             path=request.path,
@@ -713,12 +756,21 @@ class GoogleRegistryEmulator:
         limit = self.settings.quota_requests
         if limit is None:
             return True
-        window = self._windows.setdefault(entry.client, deque())
-        while window and entry.monotonic - window[0] >= self.settings.quota_window:
-            window.popleft()
-        admitted = len(window) < limit
+        span = self.settings.quota_window
+        at = entry.monotonic
+        # Arrival order, not handling order: a request the loop reaches late may have
+        # arrived before one already counted, so the log is kept sorted and every
+        # window holding this arrival is checked, not only the one ending at it.
+        window = self._windows.setdefault(entry.client, [])
+        del window[: bisect.bisect_right(window, max(at, window[-1] if window else at) - 2 * span)]
+        later = window[bisect.bisect_right(window, at) :]
+        admitted = all(
+            bisect.bisect_right(window, end) - bisect.bisect_right(window, end - span) < limit
+            for end in (at, *later)
+            if end - span < at
+        )
         if admitted or self.settings.quota_counts_rejected:
-            window.append(entry.monotonic)
+            bisect.insort(window, at)
         return admitted
 
     def _quota_exceeded(self) -> web.Response:
