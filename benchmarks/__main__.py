@@ -1,4 +1,8 @@
-"""``python -m benchmarks {reference,baseline,scale,saturation,replicas,sharing,all} [--smoke]``."""
+"""``python -m benchmarks SCENARIO [--smoke]``.
+
+Scenarios: reference, baseline, saturation, replicas, scale, sharing, coldonce,
+events, eventsmoon, all.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks import gitpath, report
+from benchmarks import events, gitpath, report
 from benchmarks.scenarios import SCENARIOS, Options, Result
 
 ORDER = ["reference", "saturation", "replicas", "scale"]
@@ -16,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument(
         "scenario",
-        choices=[*ORDER, *gitpath.SCENARIOS, "baseline", "all"],
+        choices=[*ORDER, *gitpath.SCENARIOS, *events.SCENARIOS, "baseline", "all"],
         help="baseline runs with reference (same run, same pushes)",
     )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds each")
@@ -33,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     for name in names:
         print(f"running {name}{' (smoke)' if args.smoke else ''} ...", file=sys.stderr, flush=True)
-        result = {**SCENARIOS, **gitpath.SCENARIOS}[name](opts)
+        result = {**SCENARIOS, **gitpath.SCENARIOS, **events.SCENARIOS}[name](opts)
         results.append(result)
         for path in report.write(result, args.out):
             print(f"  wrote {path}", file=sys.stderr)

@@ -53,6 +53,9 @@ def make_remote(root: Path, branches: Mapping[str, Mapping[str, str]]) -> Path:
     seed = root / "seed"
     git(root, "init", "-q", "--bare", "-b", "main", str(bare))
     git(root, "init", "-q", "-b", "main", str(seed))
+    # No automatic gc: a big seed starts one in the background, which races the
+    # removal of the seed below.
+    git(seed, "config", "gc.auto", "0")
     (seed / "README").write_text("environments\n")
     git(seed, "add", "README")
     git(seed, "commit", "-q", "-m", "init")
@@ -122,10 +125,13 @@ def write_config(path: Path, text: str) -> Path:
     return path
 
 
-def spawn_daemon(name: str, workdir: Path, config: Path) -> Daemon:
+def spawn_daemon(
+    name: str, workdir: Path, config: Path, env: Mapping[str, str] | None = None
+) -> Daemon:
     workdir.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
+        **(env or {}),
         "XDG_CACHE_HOME": str(workdir / "cache"),
         "BENCH_REGISTRY_USER": REGISTRY_USER,
         "BENCH_REGISTRY_PASSWORD": REGISTRY_PASSWORD,

@@ -23,9 +23,9 @@ from tests.tiers import (  # noqa: F401
 # The local services are the product's own runners (the demo and the
 # benchmarks use them too); tests import them from here as well.
 from watcher.config import Config, load_text
-from watcher_testing.services import DockerRegistry, RedisServer, free_port
+from watcher_testing.services import DockerRegistry, PubSubEmulator, RedisServer, free_port
 
-__all__ = ["DockerRegistry", "RedisServer", "free_port"]
+__all__ = ["DockerRegistry", "PubSubEmulator", "RedisServer", "free_port"]
 
 
 def watcher_config(
@@ -181,3 +181,17 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def pubsub_emulator(tmp_path: Path) -> Iterator[PubSubEmulator]:
+    """Google's Pub/Sub emulator on a free loopback port (PUBSUB_EMULATOR_HOST: ``.host``)."""
+    emulator = PubSubEmulator(tmp_path / "pubsub")
+    try:
+        emulator.start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield emulator
+    finally:
+        emulator.stop()

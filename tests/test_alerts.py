@@ -24,6 +24,7 @@ ALERTS = {
     "ImageWatcherShardUnowned",
     "ImageWatcherWriteBackFailing",
     "ImageWatcherNoRecentCycle",
+    "ImageWatcherEventsNotDelivered",
 }
 
 
@@ -52,7 +53,7 @@ def test_rendered_rules_pass_promtool_check(tmp_path: Path) -> None:
     write_rules(tmp_path / "rules.yaml", groups)
     result = promtool("check", "rules", "rules.yaml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 5 rules found" in result.stdout
+    assert "SUCCESS: 6 rules found" in result.stdout
 
 
 @pytest.mark.integration

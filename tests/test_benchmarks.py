@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks import gitpath, report
+from benchmarks import events, gitpath, report
 from benchmarks.scenarios import SCENARIOS, Options
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -98,3 +98,17 @@ def test_sharing(tmp_path: Path) -> None:
     assert figures["files"] == 60
     assert 0 < figures["shared_clone_warm_fetch_s"] < figures["own_clone_first_fetch_s"] * 10
     assert finite(figures["contended_fetch_p99_s"])
+
+
+def test_events(tmp_path: Path) -> None:
+    """Registry events in real time (Google's Pub/Sub emulator): a few pushes land."""
+    result = events.events(Options(smoke=True, repeats=1, workdir=tmp_path))
+    report.write(result, tmp_path / "results")
+    figures = result.figures
+    assert figures["pushes"] >= 3
+    assert figures["not_landed"] == 0
+    assert 0 < figures["push_to_commit_p50_s"] <= figures["push_to_commit_p99_s"]
+    # Every look-up answered a push (or the backstop): at most one listing per push here.
+    assert figures["listings_during"] <= figures["pushes"] + figures["backstop_share"] + 1
+    assert figures["throttled_429"] == 0
+    assert figures["daemon_exit"] == 0

@@ -22,6 +22,7 @@ from watcher.errors import GitError
 from watcher.gitops import clone
 from watcher.gitops.mirror import GitMirror
 from watcher.gitops.paths import clone_name, without_credentials
+from watcher.tuning import REPACK_PACKS
 
 pytestmark = pytest.mark.integration
 
@@ -311,3 +312,57 @@ def test_a_lock_held_by_a_live_git_process_is_not_stale(remote: GitRemote, tmp_p
     GitMirror(remote.url, workdir, AUTHOR).fetch()
     assert time.monotonic() - started >= 0.8
     assert child.wait(5) == 0
+
+
+def _one_pack(workdir: Path, content: str) -> str:
+    """A blob written as a pack of its own, as each write of the watcher adds one."""
+    env = {**os.environ, "GIT_DIR": str(workdir)}
+    sha = subprocess.run(
+        ["git", "hash-object", "-w", "--stdin"],
+        input=content,
+        text=True,
+        check=True,
+        capture_output=True,
+        env=env,
+    ).stdout.strip()
+    subprocess.run(
+        ["git", "pack-objects", "-q", str(workdir / "objects" / "pack" / "pack")],
+        input=f"{sha}\n",
+        text=True,
+        check=True,
+        capture_output=True,
+        env=env,
+    )
+    subprocess.run(["git", "prune-packed"], check=True, capture_output=True, env=env)
+    return sha
+
+
+def test_small_packs_are_merged_after_a_fetch_not_repacked_whole(tmp_path: Path) -> None:
+    """Every write adds a pack; git's auto gc would repack the whole clone inside a fetch,
+    under the lock, at 50. The clone leaves that off, and a fetch merges the small packs
+    once there are REPACK_PACKS of them (geometric: the big pack stays as it is)."""
+    # The clone's pack holds many more objects than the small ones together (a geometric
+    # repack compares object counts).
+    files = {f"apps/a{n}/values.yaml": f"a: {n}\n" for n in range(200)}
+    remote = make_remote(tmp_path, {"environment/a": files})
+    workdir = tmp_path / "clone"
+    mirror = GitMirror(remote.url, workdir, AUTHOR)
+    mirror.fetch()
+    assert git(workdir, "config", "gc.autoPackLimit") == "0"
+    pack_dir = workdir / "objects" / "pack"
+    git(workdir, "repack", "-a", "-d", "-q")
+    (big,) = [p.name for p in pack_dir.glob("*.pack")]
+
+    def packs() -> list[str]:
+        return sorted(p.name for p in pack_dir.glob("*.pack"))
+
+    for n in range(REPACK_PACKS - 2):
+        _one_pack(workdir, f"blob {n}\n")
+    mirror.fetch()
+    assert len(packs()) == REPACK_PACKS - 1  # below the threshold: left alone
+    sha = _one_pack(workdir, "one more\n")
+    mirror.fetch()
+    after = packs()
+    assert len(after) <= 3, after
+    assert big in after  # the clone's own big pack was not rewritten
+    assert git(workdir, "cat-file", "-t", sha) == "blob"

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from watcher import capacity
 from watcher.blocks import BlockId, RawBlock
 from watcher.cluster.shards import movement, shard_of
 from watcher.config import Config, load_text
@@ -178,3 +179,36 @@ def test_budget_report_lists_unused_budgets() -> None:
     for name in ("default", "gcr", "hub"):
         row = line_with(text, f"{name} ").split()
         assert row[1:3] == ["0", "0"] and row[-1] == "-"
+
+
+def test_budget_counts_images_covered_by_events_at_the_backstop() -> None:
+    """Images registry events cover are polled at events.backstop: the report counts them
+    at that rate, and the images no event covers at the interval."""
+    events = load_text(
+        """
+shards: 4
+interval: 2m
+limits:
+  gcr: {requests: 10000, per: 10m, headroom: 5%}
+registries:
+  - {host: "*.gcr.io", api: google, auth: anonymous, limit: gcr}
+git: {url: "file:///nowhere"}
+events: {subscriptions: [projects/ma-dev2/subscriptions/image-watcher], backstop: 10m}
+""",
+        "shards.yaml",
+    )
+    images = [f"eu.gcr.io/ma-dev2/app{i}" for i in range(100)]
+    images += [f"eu.gcr.io/other-project/app{i}" for i in range(20)]
+    watch = watch_set(*(block(name) for name in images))
+    (need,) = [n for n in capacity.budget_needs(events, watch) if n.name == "gcr"]
+    assert need.images == 120 and need.covered == 100 and need.per_cycle == 120
+    # 20 polled: 20 x 600/120 = 100; 100 covered at the backstop: 100 x 600/600 = 100.
+    assert need.per_window == pytest.approx(200.0)
+    # The cap less the backstop's 100 leaves 9400 for 20 listings per cycle: 20 x 600/9400.
+    assert need.shortest_interval == pytest.approx(20 * 600 / 9400)
+    text = budget_report(events, watch)
+    assert line_with(text, "gcr ").split()[:4] == ["gcr", "120", "120", "200"]
+    assert "registry events cover 100 images, polled every 10m" in text
+    # Without the events key, the same watch set is all polled at the interval.
+    (plain,) = [n for n in capacity.budget_needs(CONFIG, watch) if n.name == "gcr"]
+    assert plain.per_window == pytest.approx(600.0) and plain.covered == 0

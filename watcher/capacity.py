@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from watcher import planner
 from watcher.cluster.shards import shard_of
 from watcher.config import DEFAULT_LIMIT, Config, Limit
+from watcher.events import coverage
 from watcher.gitops.discovery import FoundBlock, WatchSet
 from watcher.references import ImageName
 
@@ -132,6 +133,10 @@ class BudgetNeed:
     per_cycle: int
     per_window: float
     shortest_interval: float
+    covered: int = 0
+    """Images registry events cover, checked at ``events.backstop`` rather than the
+    interval (``per_cycle`` counts them, ``per_window`` at the backstop's rate)."""
+    covered_per_cycle: int = 0
 
     @property
     def use(self) -> float:
@@ -140,22 +145,44 @@ class BudgetNeed:
 
 
 def budget_needs(config: Config, watch: WatchSet) -> list[BudgetNeed]:
-    """One row per configured budget, in name order."""
+    """One row per configured budget, in name order.
+
+    Images registry events cover (:func:`watcher.events.coverage.covered`) are polled at
+    the backstop, so they count at its rate; their event checks (one look-up per push
+    at most) are not known in advance and come on top.
+    """
     images: dict[str, int] = {}
-    for image in watch.images:
+    covered: dict[str, int] = {}
+    covered_requests: dict[str, int] = {}
+    for image, blocks in watch.images.items():
         name = budget_of(config, image)
         images[name] = images.get(name, 0) + 1
+        if coverage.covered(config, image):
+            covered[name] = covered.get(name, 0) + 1
+            requests = image_requests(config, image, blocks)
+            covered_requests[name] = covered_requests.get(name, 0) + requests
     out = []
+    backstop = max(config.events.backstop, config.interval)
     for name, requests in per_cycle(config, watch).items():
         limit = _limit(config, name)
+        at_backstop = covered_requests.get(name, 0)
+        polled = requests - at_backstop
+        window = per_window(polled, limit, config.interval)
+        window += per_window(at_backstop, limit, backstop)
+        # The interval at which the polled images and the backstop's share fill the cap.
+        room = limit.cap - per_window(at_backstop, limit, backstop)
+        # A backstop alone over the cap: as if every image were polled at the interval.
+        shortest = polled * limit.per / room if room > 0 else requests * limit.per / limit.cap
         out.append(
             BudgetNeed(
                 name=name,
                 limit=limit,
                 images=images.get(name, 0),
                 per_cycle=requests,
-                per_window=per_window(requests, limit, config.interval),
-                shortest_interval=shortest_safe_interval(requests, limit),
+                per_window=window,
+                shortest_interval=shortest,
+                covered=covered.get(name, 0),
+                covered_per_cycle=at_backstop,
             )
         )
     return out

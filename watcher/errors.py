@@ -146,6 +146,12 @@ class LookupFailed(WatcherError):
     stage = "registry"
 
 
+class ImageNotFound(LookupFailed):
+    """The registry says the image (or its repository) does not exist; raised by
+    :class:`watcher.registry.lookups.Lookups`. Asking again changes nothing until
+    someone pushes it, which a registry event announces."""
+
+
 # --- the shared budget ------------------------------------------------------------------------
 
 

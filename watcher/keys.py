@@ -23,3 +23,18 @@ def budget(name: str, root: str = ROOT) -> tuple[str, str, str, str]:
 # The replicas' shared look-up cache (watcher.registry.cache).
 CACHE = f"{ROOT}:cache:"
 CACHE_TIMES = CACHE + "times"
+
+# Registry events handed to the owner of an image's shard (watcher.events.routing):
+# one list per shard, one reply list per replica. One hash tag, so the script that
+# reads a replica's shards and replies at once also runs on Redis Cluster.
+EVENTS = f"{ROOT}:{{events}}"
+
+
+def event_hints(shard: int) -> str:
+    """Hints waiting for whichever replica owns ``shard``."""
+    return f"{EVENTS}:shard:{shard}"
+
+
+def event_replies(replica: str) -> str:
+    """Answers for the hints ``replica`` handed on: the message may be acked."""
+    return f"{EVENTS}:replies:{replica}"

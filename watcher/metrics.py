@@ -28,6 +28,7 @@ class Metrics:
         self._shards()
         self._watch_set()
         self._write_back()
+        self._events()
         self.errors = self._counter("errors_total", "Errors by stage.", ["stage"])
 
     def _budget(self) -> None:
@@ -100,6 +101,36 @@ class Metrics:
         self.updates = self._counter("updates_total", "Block updates committed.", ["strategy"])
         self.git_push = self._counter(
             "git_push_total", "Pushes to the git remote by result.", ["result"]
+        )
+
+    def _events(self) -> None:
+        self.events_received = self._counter(
+            "events_received_total",
+            "Registry event messages delivered by a Pub/Sub subscription.",
+            ["subscription"],
+        )
+        self.events = self._counter(
+            "events_total",
+            "Registry events by what came of them: acted (the owner checked the image), "
+            "ignored (no block follows the image), malformed (logged once, acked).",
+            ["result"],
+        )
+        self.event_to_commit = self._histogram(
+            "event_to_commit_seconds",
+            "From an event's publish time to the push of the commit it led to.",
+            [],
+            (0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300, 600),
+        )
+        self.events_missed = self._counter(
+            "events_missed_total",
+            "Images covered by registry events whose change the backstop's polling found "
+            "first: a push no event announced (or announced late).",
+            [],
+        )
+        self.events_connected = self._gauge(
+            "events_subscriber_connected",
+            "1 while the streaming pull of the subscription is open.",
+            ["subscription"],
         )
 
     # --- one way to declare each kind -----------------------------------------------

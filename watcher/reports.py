@@ -127,6 +127,14 @@ def budget_report(config: Config, watch: WatchSet) -> str:
         "shortest safe interval: requests/cycle x window / cap, rounded up to whole seconds.",
         COST_NOTE,
     ]
+    covered = [need for need in budget_needs(config, watch) if need.covered]
+    if covered:
+        out += [
+            "",
+            f"registry events cover {sum(n.covered for n in covered)} images, polled every "
+            f"{format_duration(config.events.backstop)} (events.backstop) and counted at that "
+            "rate; each push then costs one look-up on top.",
+        ]
     hosts: dict[str, set[str]] = {}
     for image in watch.images:
         hosts.setdefault(budget_of(config, image), set()).add(image.host)

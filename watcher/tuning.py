@@ -106,3 +106,46 @@ LAST_CHANGE_DEPTH = 200
 # fails) is logged at most this often, so an outage does not flood the logs.
 PROBLEM_LOG_EVERY = 60.0
 
+
+# --- registry events ----------------------------------------------------------------------
+
+# Hints for one image arriving within this long of the first share one check:
+# Pub/Sub delivers a push's messages (digest, then each tag) in one burst.
+EVENT_GATHER = 0.1
+# An event's update waits at most this long for others to share its commit (the
+# interval's batch delay, up to 2 s, would be most of an event's latency): pushes
+# announced together still land together, one commit per branch.
+EVENT_BATCH_DELAY = 0.2
+# A shared-cache entry written less than this long after an event's publish time is
+# not trusted for it: its request may have left before the push was visible.
+EVENT_CACHE_MARGIN = 1.0
+# How often a replica reads the hints handed to its shards and the answers to its own
+# (one Redis script per tick): the hand-off adds half of this on average.
+EVENT_POLL = 0.05
+# A hint handed to another replica and not answered within this long is nacked, so
+# Pub/Sub redelivers it to whichever replica, routed to the shard's owner then (the
+# owner died, or Redis lost the hint). Longer than a check and a write take.
+EVENT_HANDOFF_TIMEOUT = 60.0
+# A hint whose check failed (a 429, the registry down) is nacked after this long, so
+# its redelivery does not spin while the registry is unwell.
+EVENT_RETRY_DELAY = 10.0
+# Messages a subscriber holds at once (Pub/Sub flow control): more wait on the server.
+EVENT_FLOW_MESSAGES = 1000
+# Each lease extension of a message in hand is at most this long (seconds, 10-600):
+# the longest a dead replica's messages wait before Pub/Sub redelivers them. The
+# client's default (60 s) would hold a push back a minute; shorter costs more
+# extension requests (one per message every ~0.9 of it, for messages held that long).
+EVENT_LEASE_EXTENSION = 15
+# A subscription's stream that failed is opened again after this long, doubling per
+# failure in a row, up to the maximum.
+EVENT_RECONNECT_FIRST = 1.0
+EVENT_RECONNECT_MAX = 60.0
+# A hand-off list entry lives this long at most: the message is redelivered long before.
+EVENT_KEY_TTL = 600.0
+
+# --- the clone ----------------------------------------------------------------------------
+
+# Small packs (each write adds one) merged by a geometric repack after a fetch once
+# there are this many: few enough that object look-ups stay quick, many enough that
+# the repack runs every few dozen writes, each time merging only the small packs.
+REPACK_PACKS = 24

@@ -13,7 +13,9 @@ on 127.0.0.1, so the client under test runs unchanged:
 - a per-client sliding-window quota answering ``429`` ``Quota Exceeded.``;
 - fault injection (latency, 5xx bursts, hung requests, malformed bodies, dropped
   connections), changeable while it runs;
-- a request log with monotonic and wall timestamps, to prove a client never exceeded a quota.
+- a request log with monotonic and wall timestamps, to prove a client never exceeded a quota;
+- registry events: pointed at a Pub/Sub emulator (``pubsub``), every push, untag and delete
+  is published on the ``gcr`` topic of the image's project, in Google's message shape.
 
 Choices where Google's behaviour is unknown or would make the emulator useless for tests:
 
@@ -68,6 +70,8 @@ import signal
 import socket
 import struct
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -152,6 +156,10 @@ class EmulatorSettings:
     # the account's public key (PEM). A signed JWT-bearer assertion is exchanged for
     # an access token living ``metadata_token_ttl``, as the metadata server's are.
     service_account_keys: dict[str, str] = field(default_factory=dict)
+    # A Pub/Sub emulator (``127.0.0.1:PORT``, as PUBSUB_EMULATOR_HOST): every push, untag
+    # and delete is published on the topic ``gcr`` of the image's project (its first path
+    # segment), as Google's registries do; a project without that topic gets nothing.
+    pubsub: str | None = None
 
 
 @dataclass
@@ -313,6 +321,8 @@ class GoogleRegistryEmulator:
         self._runner: web.AppRunner | None = None
         self._stopping = asyncio.Event()
         self._port: int | None = None
+        # Messages published on Pub/Sub (settings.pubsub).
+        self.published = 0
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -380,8 +390,12 @@ class GoogleRegistryEmulator:
         size: int = 1_048_576,
         platforms: tuple[str, ...] = ("linux/amd64", "linux/arm64"),
         media_type: str | None = None,
+        announce: bool = True,
     ) -> str:
         """Store a new image (every push is new content) and point ``tag`` at it.
+
+        With ``settings.pubsub``, the push is published on the project's ``gcr`` topic
+        unless ``announce`` is false (a test publishing the messages itself).
 
         ``index`` / ``list`` store one image per platform, untagged, as GCR lists them.
         ``media_type`` (``oci`` / ``docker`` only) overrides the manifest's media type,
@@ -440,7 +454,36 @@ class GoogleRegistryEmulator:
             repo.manifests[top.digest] = top
         if tag is not None:
             repo.tags[tag] = top.digest
+        if announce:
+            self._announce(path, "INSERT", digest=top.digest, tag=tag)
         return top.digest
+
+    def _announce(
+        self, path: str, action: str, *, digest: str | None = None, tag: str | None = None
+    ) -> None:
+        """Publish the change on the project's ``gcr`` topic, shaped as Google's messages."""
+        if self.settings.pubsub is None:
+            return
+        body: dict[str, str] = {"action": action}
+        if digest is not None:
+            body["digest"] = f"{self.service}/{path}@{digest}"
+        if tag is not None:
+            body["tag"] = f"{self.service}/{path}:{tag}"
+        project = path.split("/", 1)[0]
+        data = base64.b64encode(json.dumps(body).encode()).decode()
+        request = urllib.request.Request(
+            f"http://{self.settings.pubsub}/v1/projects/{project}/topics/gcr:publish",
+            data=json.dumps({"messages": [{"data": data}]}).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10):
+                pass
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404:  # no topic gcr in that project: nobody listens
+                raise
+        self.published += 1
 
     def _image(
         self,
@@ -505,6 +548,7 @@ class GoogleRegistryEmulator:
         if digest not in repo.manifests:
             raise KeyError(f"{path}@{digest} is not stored")
         repo.tags[tag] = digest
+        self._announce(path, "INSERT", digest=digest, tag=tag)
 
     def untag(self, path: str, tag: str) -> None:
         """Remove ``tag``; its image stays, untagged if this was its last tag."""
@@ -512,6 +556,7 @@ class GoogleRegistryEmulator:
         if tag not in repo.tags:
             raise KeyError(f"{path}:{tag} is not stored")
         del repo.tags[tag]
+        self._announce(path, "DELETE", tag=tag)
 
     def delete(self, path: str, digest: str) -> None:
         """Delete an image and every tag on it (an index's platform images stay)."""
@@ -527,6 +572,7 @@ class GoogleRegistryEmulator:
         if not repo.manifests:
             # Google drops a repository with no images left.
             del self._repos[path]
+        self._announce(path, "DELETE", digest=digest)
 
     def tags(self, path: str) -> dict[str, str]:
         """Tag -> digest of a repository (empty if it does not exist)."""
@@ -1112,6 +1158,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--metadata-token-ttl", type=float, default=3600.0)
     parser.add_argument(
+        "--pubsub",
+        default=None,
+        metavar="HOST:PORT",
+        help="a Pub/Sub emulator: publish each push on the topic gcr of the image's project",
+    )
+    parser.add_argument(
         "--push",
         action="append",
         type=_parse_push,
@@ -1134,6 +1186,7 @@ def main(argv: list[str] | None = None) -> int:
         page_size_max=args.page_size_max,
         metadata=args.metadata,
         metadata_token_ttl=args.metadata_token_ttl,
+        pubsub=args.pubsub,
     )
     asyncio.run(_serve(settings, args.push))
     return 0

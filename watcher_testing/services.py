@@ -1,4 +1,5 @@
-"""Local services the demo, the tests and the benchmarks run: redis-server, docker-registry.
+"""Local services the demo, the tests and the benchmarks run: redis-server, docker-registry,
+Google's Pub/Sub emulator.
 
 Real processes on free loopback ports, started and stopped on demand (the
 fault tests stop and restart Redis; a restart comes back empty, as a Redis
@@ -9,8 +10,10 @@ or as a three-master Redis Cluster (:class:`RedisClusterNodes`).
 
 from __future__ import annotations
 
+import base64
 import datetime
 import ipaddress
+import json
 import random
 import shutil
 import socket
@@ -410,3 +413,125 @@ class DockerRegistry:
         if self.proc is not None:
             _stop(self.proc, kill=False)
             self.proc = None
+
+
+PUBSUB_EMULATOR = "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator"
+PUBSUB_EMULATOR_PACKAGE = "google-cloud-cli-pubsub-emulator"
+
+
+def pubsub_emulator_binary() -> str:
+    """Google's Pub/Sub emulator launcher (package google-cloud-cli-pubsub-emulator)."""
+    path = Path(PUBSUB_EMULATOR)
+    if not path.exists() or shutil.which("java") is None:
+        raise RuntimeError(
+            f"Google's Pub/Sub emulator is not installed: {PUBSUB_EMULATOR} and java come "
+            f"with the package {PUBSUB_EMULATOR_PACKAGE} (part of these machines' image; "
+            "Debian's archive does not carry it)"
+        )
+    return str(path)
+
+
+@dataclass
+class PubSubEmulator:
+    """Google's own Pub/Sub emulator (Java) on 127.0.0.1, reached as ``PUBSUB_EMULATOR_HOST``.
+
+    Topics and subscriptions are made, and messages published, through its REST API
+    (the same resource paths as pubsub.googleapis.com), as the registry would.
+    """
+
+    dir: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        """``127.0.0.1:PORT``: the value of ``PUBSUB_EMULATOR_HOST``."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        binary = pubsub_emulator_binary()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / "pubsub.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [binary, "--host=127.0.0.1", f"--port={self.port}"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.dir,
+                start_new_session=True,
+            )
+        try:
+            wait_until(self._answers, 60, what="the Pub/Sub emulator to answer")
+        except RuntimeError:
+            self.stop()
+            raise
+
+    def _answers(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"the Pub/Sub emulator exited (log: {self.dir / 'pubsub.log'})")
+        try:
+            with urllib.request.urlopen(f"http://{self.host}/", timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            # The launcher execs java: its pid is the JVM's.
+            _stop(self.proc, kill=False)
+            self.proc = None
+
+    def _call(self, method: str, path: str, body: object | None = None) -> dict[str, object]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            f"http://{self.host}/v1/{path}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            answer = json.loads(response.read() or b"{}")
+        return answer if isinstance(answer, dict) else {}
+
+    def create_topic(self, project: str, topic: str = "gcr") -> str:
+        """``projects/P/topics/T`` (the registry's topic is ``gcr``)."""
+        path = f"projects/{project}/topics/{topic}"
+        self._call("PUT", path, {})
+        return path
+
+    def create_subscription(
+        self, project: str, name: str, topic: str = "gcr", *, ack_deadline: int = 10
+    ) -> str:
+        """A pull subscription on ``projects/P/topics/T``: ``projects/P/subscriptions/S``."""
+        path = f"projects/{project}/subscriptions/{name}"
+        self._call(
+            "PUT",
+            path,
+            {"topic": f"projects/{project}/topics/{topic}", "ackDeadlineSeconds": ack_deadline},
+        )
+        return path
+
+    def publish(self, topic: str, *payloads: bytes) -> list[str]:
+        """Publish each payload as one message's data on ``projects/P/topics/T``; the ids."""
+        messages = [{"data": base64.b64encode(payload).decode()} for payload in payloads]
+        answer = self._call("POST", f"{topic}:publish", {"messages": messages})
+        ids = answer.get("messageIds", [])
+        return [str(i) for i in ids] if isinstance(ids, list) else []
+
+    def pull(self, subscription: str, max_messages: int = 100) -> list[dict[str, object]]:
+        """Messages waiting on ``subscription`` (not acked: their ack deadline runs)."""
+        answer = self._call(
+            "POST",
+            f"{subscription}:pull",
+            {"maxMessages": max_messages, "returnImmediately": True},
+        )
+        received = answer.get("receivedMessages", [])
+        return list(received) if isinstance(received, list) else []
+
+    def drain(self, subscription: str) -> int:
+        """Pull and ack every message waiting on ``subscription``; how many there were."""
+        drained = 0
+        while received := self.pull(subscription):
+            ack_ids = [str(m["ackId"]) for m in received if isinstance(m, dict)]
+            self._call("POST", f"{subscription}:acknowledge", {"ackIds": ack_ids})
+            drained += len(ack_ids)
+        return drained

@@ -313,6 +313,66 @@ PANELS: tuple[RowSpec, ...] = (
             ),
         ),
     ),
+    RowSpec(
+        "Registry events",
+        (
+            PanelSpec(
+                "Events by subscription and result",
+                "Messages each Pub/Sub subscription delivered, and what came of them: acted "
+                "(the shard's owner checked the image), ignored (no block follows it), "
+                "malformed. A subscription whose line drops to zero while pushes go on has "
+                "stopped delivering; missed counts pushes the backstop found first.",
+                (
+                    Query(
+                        "sum by (subscription) "
+                        f"(increase(image_watcher_events_received_total{{{SEL}}}[{RATE}]))",
+                        "received {{subscription}}",
+                    ),
+                    Query(
+                        f"sum by (result) (increase(image_watcher_events_total{{{SEL}}}[{RATE}]))",
+                        "{{result}}",
+                    ),
+                    Query(
+                        f"sum(increase(image_watcher_events_missed_total{{{SEL}}}[{RATE}]))",
+                        "missed (found by the backstop)",
+                    ),
+                ),
+                width=8,
+            ),
+            PanelSpec(
+                "Event to commit",
+                "From a push's event to the commit it led to, pushed: the freshness "
+                "registry events buy.",
+                (
+                    Query(
+                        "histogram_quantile(0.5, sum by (le) "
+                        f"(rate(image_watcher_event_to_commit_seconds_bucket{{{SEL}}}[{RATE}])))",
+                        "p50",
+                    ),
+                    Query(
+                        "histogram_quantile(0.99, sum by (le) "
+                        f"(rate(image_watcher_event_to_commit_seconds_bucket{{{SEL}}}[{RATE}])))",
+                        "p99",
+                    ),
+                ),
+                unit="s",
+                width=8,
+            ),
+            PanelSpec(
+                "Subscribers connected",
+                "Replicas with each subscription's streaming pull open. Zero: no events "
+                "arrive, and covered images wait for the backstop.",
+                (
+                    Query(
+                        "sum by (subscription) "
+                        f"(image_watcher_events_subscriber_connected{{{SEL}}})",
+                        "{{subscription}}",
+                    ),
+                ),
+                width=8,
+            ),
+        ),
+    ),
 )
 
 

@@ -135,6 +135,32 @@ def globs(value: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+# Pub/Sub's resource names: a project id (6-30 characters, or a legacy domain-scoped
+# "example.com:proj"), and a subscription name (3-255, starting with a letter).
+_SUBSCRIPTION_RE = re.compile(
+    r"projects/(?P<project>(?:[a-z][a-z0-9.-]*:)?[a-z][a-z0-9-]{4,28}[a-z0-9])"
+    r"/subscriptions/(?P<name>[A-Za-z][A-Za-z0-9\-_.~+%]{2,254})"
+)
+
+
+def subscriptions(value: Any) -> tuple[str, ...]:
+    """Pub/Sub subscription paths, each ``projects/P/subscriptions/S``; no duplicates."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise ValueError("must be a list of projects/P/subscriptions/S")
+    out: list[str] = []
+    for item in value:
+        if not isinstance(item, str) or _SUBSCRIPTION_RE.fullmatch(item.strip()) is None:
+            raise ValueError(
+                f"{item!r} is not a subscription path: write projects/PROJECT/subscriptions/NAME"
+            )
+        if item.strip() in out:
+            raise ValueError(f"{item!r} is listed twice")
+        out.append(item.strip())
+    return tuple(out)
+
+
 def names(*, empty: bool = False) -> Convert:
     """A list of key names (one name alone is a list of one); ``empty``: none is allowed."""
 

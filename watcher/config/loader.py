@@ -35,6 +35,7 @@ from watcher.config.convert import (
     share,
     signing_key,
     string,
+    subscriptions,
 )
 from watcher.config.settings import (
     DEFAULT_LIMIT,
@@ -46,6 +47,7 @@ from watcher.config.settings import (
     Author,
     Config,
     Defaults,
+    EventsConfig,
     GitConfig,
     Keys,
     Limit,
@@ -109,7 +111,8 @@ DEFAULTS: dict[str, Convert] = {
 }
 PROMOTION: dict[str, Convert] = {"from": nonempty_string, "to": globs, "after": duration}
 SERVER: dict[str, Convert] = {"port": integer(0, 65535)}
-SECTIONS = ("redis", "limits", "registries", "git", "defaults", "server", "promotions")
+EVENTS: dict[str, Convert] = {"subscriptions": subscriptions, "backstop": duration}
+SECTIONS = ("redis", "limits", "registries", "git", "defaults", "server", "promotions", "events")
 
 
 def default(cls: type[Any], name: str) -> Any:
@@ -407,6 +410,7 @@ def load_text(
     git = _git(r, top, environ, check_signing)
     defaults = r.section(top, "defaults", Defaults, DEFAULTS)
     server = r.section(top, "server", ServerConfig, SERVER)
+    events = r.section(top, "events", EventsConfig, EVENTS)
     promotions = _promotions(r, top)
     if r.problems:
         raise ConfigError(r.problems)
@@ -418,6 +422,7 @@ def load_text(
         git=git,
         defaults=defaults,
         server=server,
+        events=events,
         promotions=promotions,
         source=source,
     )

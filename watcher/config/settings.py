@@ -222,6 +222,26 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class EventsConfig:
+    """Registry events (``events``): Google's registries publish every push to the
+    Pub/Sub topic ``gcr`` of their project; each message makes the image's owner check
+    it at once. Optional: without subscriptions, polling alone finds pushes."""
+
+    subscriptions: tuple[str, ...] = ()
+    """Pull subscriptions on ``gcr`` topics, each ``projects/P/subscriptions/S``, read with
+    Application Default Credentials (``PUBSUB_EMULATOR_HOST`` reaches an emulator instead)."""
+    backstop: float = 600.0
+    """How often images covered by events are still polled (``10m``): an image on a
+    registry served with ``api: google`` whose project (the first path segment) has a
+    subscription, or sent an event. A lost message costs at most this long."""
+
+    @property
+    def projects(self) -> frozenset[str]:
+        """The projects the subscriptions belong to."""
+        return frozenset(path.split("/")[1] for path in self.subscriptions)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole of ``shards.yaml``."""
 
@@ -237,6 +257,8 @@ class Config:
     git: GitConfig = field(default_factory=GitConfig)
     defaults: Defaults = field(default_factory=Defaults)
     server: ServerConfig = field(default_factory=ServerConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    """Registry events from Pub/Sub (optional): pushes checked within seconds."""
     promotions: tuple[Promotion, ...] = ()
     """Environments that follow other environments; the first rule covering a branch wins."""
     source: str = "<defaults>"

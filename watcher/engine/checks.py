@@ -9,6 +9,7 @@ message, anything else (a bug, an answer no check foresaw) with its traceback.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ import structlog
 
 from watcher.blocks import BlockId, Update
 from watcher.engine.supervise import report_error
+from watcher.errors import ImageNotFound
 from watcher.gitops.discovery import FoundBlock
 from watcher.metrics import Metrics
 from watcher.references import ImageName
@@ -24,6 +26,17 @@ from watcher.registry.lookups import Lookups
 from watcher.strategies import Change, ImageFacts, Skip, decide, to_edit
 
 log = structlog.get_logger()
+
+
+@dataclass
+class Decided:
+    """A daemon's check of one image, once its updates are queued: ``failed`` and
+    ``missing`` as in :class:`Checked`; ``landings`` settle as the updates land
+    (:meth:`WriteBack.queue`)."""
+
+    failed: str | None = None
+    missing: bool = False
+    landings: list[asyncio.Future[bool]] = field(default_factory=list)
 
 
 @dataclass
@@ -38,6 +51,9 @@ class Checked:
     held: list[BlockId] = field(default_factory=list)
     failed: str | None = None
     looked_up: list[BlockId] = field(default_factory=list)
+    missing: bool = False
+    """Failed because the registry says the image does not exist (asking again, before
+    a new push, would say the same)."""
 
 
 def decide_blocks(image: ImageName, blocks: Sequence[FoundBlock], facts: ImageFacts) -> Checked:
@@ -73,6 +89,7 @@ async def check(
     metrics: Metrics,
     image: ImageName,
     blocks: Sequence[FoundBlock],
+    fresh_since: float | None = None,
     **context: Any,
 ) -> Checked:
     """Look ``image`` up and decide ``blocks``; never raises but for cancellation.
@@ -80,7 +97,7 @@ async def check(
     ``context`` (``shard=``) goes into the log lines. Blocks that need no facts (off,
     pinned, held until released) are not looked up at all, nor are ``follow`` blocks,
     which copy another branch's value (:mod:`watcher.promotion`): an image whose every
-    block is such costs no request.
+    block is such costs no request. ``fresh_since``: see :meth:`Lookups.facts`.
     """
     blocks = [
         block for block in blocks if block.steer.needs_facts and block.policy.strategy != "follow"
@@ -88,7 +105,7 @@ async def check(
     if not blocks:
         return Checked(image)
     try:
-        facts, notes = await lookups.facts(image, blocks)
+        facts, notes = await lookups.facts(image, blocks, fresh_since)
         for note in notes:
             log.info("registry answer left out", image=str(image), reason=note)
         return decide_blocks(image, blocks, facts)
@@ -104,4 +121,9 @@ async def check(
             image=str(image),
             **context,
         )
-        return Checked(image, failed=reason, looked_up=[block.id for block in blocks])
+        return Checked(
+            image,
+            failed=reason,
+            looked_up=[block.id for block in blocks],
+            missing=isinstance(exc, ImageNotFound),
+        )

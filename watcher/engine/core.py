@@ -34,14 +34,18 @@ from watcher.cluster.membership import LocalMembership, Membership, ShardMembers
 from watcher.cluster.shards import shard_of
 from watcher.config import Config
 from watcher.engine import checks, slots
-from watcher.engine.checks import Checked
+from watcher.engine.checks import Checked, Decided
 from watcher.engine.scheduler import Scheduler
 from watcher.engine.status import StatusBoard
 from watcher.engine.supervise import Supervisor, report_error, sleep_until
 from watcher.engine.writeback import WriteBack
 from watcher.errors import GitError, PromotionError
+from watcher.events import coverage
+from watcher.events.routing import EventRouter
+from watcher.events.subscriber import Subscriber
 from watcher.gitops.discovery import Discovery, FoundBlock, WatchSet
 from watcher.gitops.mirror import GitMirror
+from watcher.gitops.profile import STAGES
 from watcher.gitops.steering import Steering
 from watcher.gitops.values import Reading
 from watcher.gitops.writer import WriteOutcome
@@ -100,7 +104,13 @@ class Engine:
         self.fatal: str | None = None
         self._stack: AsyncExitStack | None = None
         self._lookups: Lookups | None = None
+        self._redis: RedisClient | None = None
+        self.router: EventRouter | None = None  # while the daemon runs with events
         self._git_problem: str | None = "the git remote has not been read yet"
+        # The last discovery's fetch, reading and holds, in seconds, and its whole time
+        # and the part in its thread (the daemon's "discovery done" line).
+        self._timings = (0.0, 0.0, 0.0)
+        self._discovered = (0.0, 0.0)
         # Why each follow block cannot follow, as last logged (each new reason once).
         self._promotion_reasons: dict[BlockId, str] = {}
 
@@ -133,6 +143,7 @@ class Engine:
                     self.config, client, membership.replica_id, membership.replicas
                 )
                 self.membership = membership
+                self._redis = client
             self._lookups = Lookups(
                 self.config,
                 session,
@@ -189,6 +200,7 @@ class Engine:
     ) -> WatchSet:
         """Every block of every branch; with ``holds``, each block's state read from its
         branch's history too (the reports that only count blocks skip that)."""
+        began = time.monotonic()
         try:
             watch = await asyncio.to_thread(self._discover, fetch, holds)
         except GitError as exc:
@@ -205,13 +217,23 @@ class Engine:
                 reason=problem.message,
             )
         self.metrics.image_blocks.set(watch.block_count)
+        threaded = time.monotonic() - began
         self.board.discovered(watch)
+        self._discovered = (time.monotonic() - began, threaded)
         return watch
 
     def _discover(self, fetch: bool, holds: bool) -> WatchSet:
         """Discovery with holds applied: every block's state from its branch's history."""
-        watch = self.discovery.run(fetch=fetch)
-        return self.steering.apply(watch) if holds else watch
+        began = time.monotonic()
+        if fetch:
+            with STAGES.time("discovery: fetch"):
+                self.mirror.fetch()
+        fetched = time.monotonic()
+        watch = self.discovery.run(fetch=False)
+        read = time.monotonic()
+        watch = self.steering.apply(watch) if holds else watch
+        self._timings = (fetched - began, read - fetched, time.monotonic() - read)
+        return watch
 
     def _budget_used(self, budget: str) -> int:
         # The gauge every grant sets: the page shows what the dashboard shows.
@@ -221,12 +243,18 @@ class Engine:
         return int(value or 0)
 
     async def check(
-        self, image: ImageName, blocks: Sequence[FoundBlock], **context: int
+        self,
+        image: ImageName,
+        blocks: Sequence[FoundBlock],
+        fresh_since: float | None = None,
+        **context: int,
     ) -> Checked:
         """Look one image up and decide every block that follows it, as our commits left
         them; a failure skips the image (``Checked.failed``) and is counted."""
         blocks = self.writeback.as_written(blocks)
-        checked = await checks.check(self.lookups, self.metrics, image, blocks, **context)
+        checked = await checks.check(
+            self.lookups, self.metrics, image, blocks, fresh_since, **context
+        )
         self.board.checked(checked)
         return checked
 
@@ -329,6 +357,7 @@ class Engine:
         async with asyncio.TaskGroup() as group:
             supervisor = Supervisor(group, stop, self.metrics)
             self.writeback.start(supervisor, stop)
+            events = self.config.events.subscriptions
             scheduler = self.scheduler = Scheduler(
                 self.config.shards,
                 self.config.interval,
@@ -337,7 +366,10 @@ class Engine:
                 self._check_in_shard,
                 supervisor,
                 stop,
+                due=self._due if events else None,
             )
+            if events:
+                self._start_events(supervisor, stop)
             # Stopped on failure, not restarted: the leases back the fences every
             # write is checked against. A replica whose lease loop died would go
             # on checking shards the others have taken over, its /readyz green;
@@ -356,6 +388,30 @@ class Engine:
             await self.writeback.stop()
         self.fatal = supervisor.fatal
 
+    def _due(self, image: ImageName, sweep: int) -> bool:
+        """Whether a sweep checks ``image``: always, but at the backstop when events cover it."""
+        projects = self.router.projects if self.router is not None else ()
+        if not coverage.covered(self.config, image, projects):
+            return True
+        return coverage.due(image, sweep, coverage.period(self.config))
+
+    def _start_events(self, supervisor: Supervisor, stop: asyncio.Event) -> None:
+        """The subscriptions' streams and the routing of their messages to shard owners."""
+        membership = self.membership
+        router = self.router = EventRouter(
+            lambda: self.scheduler,
+            self.metrics,
+            supervisor,
+            stop,
+            client=self._redis,
+            replica_id=getattr(membership, "replica_id", "local"),
+            shards=self.config.shards,
+        )
+        subscriber = Subscriber(self.config.events.subscriptions, self.metrics, router.deliver)
+        # Restarted: a stream keeps nothing of its own; unacked messages come again.
+        supervisor.spawn("event subscriber", partial(subscriber.run, stop), on_failure="restart")
+        supervisor.spawn("event hand-off", router.run, on_failure="restart")
+
     async def _discovery_loop(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         interval = self.config.interval
@@ -370,6 +426,16 @@ class Engine:
             else:
                 if self.scheduler is not None:
                     self.scheduler.set_watch(watch)
+                (seconds, threaded), (fetch_s, read_s, holds_s) = self._discovered, self._timings
+                log.info(
+                    "discovery done",
+                    blocks=watch.block_count,
+                    seconds=round(seconds, 3),
+                    fetch_seconds=round(fetch_s, 3),
+                    read_seconds=round(read_s, 3),
+                    holds_seconds=round(holds_s, 3),
+                    thread_seconds=round(threaded, 3),
+                )
                 # Followers copy what this discovery read on their sources: a value
                 # written to a source is promoted at the next discovery after it lands.
                 try:
@@ -381,9 +447,27 @@ class Engine:
             await sleep_until(origin + tick * interval, stop)
 
     async def _check_in_shard(
-        self, shard: int, image: ImageName, blocks: Sequence[FoundBlock]
-    ) -> None:
-        checked = await self.check(image, blocks, shard=shard)
+        self,
+        shard: int,
+        image: ImageName,
+        blocks: Sequence[FoundBlock],
+        fresh_since: float | None = None,
+    ) -> Decided:
+        checked = await self.check(image, blocks, fresh_since, shard=shard)
+        router = self.router
+        if (
+            checked.updates
+            and fresh_since is None
+            and router is not None
+            and coverage.covered(self.config, image, router.projects)
+        ):
+            # Polling found what an event should have announced: the alert's signal
+            # for a subscription that stopped delivering.
+            self.metrics.events_missed.inc()
         fence = self.membership.fence(shard)
-        for update in checked.updates:
-            self.writeback.queue(update, shard, fence)
+        # An event's check (it names the time its answers must be fresh from) is urgent.
+        urgent = fresh_since is not None
+        landings = [
+            self.writeback.queue(update, shard, fence, urgent=urgent) for update in checked.updates
+        ]
+        return Decided(checked.failed, checked.missing, landings)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import structlog
 
@@ -26,6 +26,8 @@ from watcher.metrics import Metrics
 from watcher.tuning import RESTART_FIRST, RESTART_MAX
 
 log = structlog.get_logger()
+
+T = TypeVar("T")
 
 # restart: run the task again after a back-off (RESTART_FIRST, doubling per
 # failure in a row, up to RESTART_MAX); the task's state must live outside it.
@@ -97,36 +99,37 @@ class Supervisor:
         self.fatal: str | None = None
 
     def spawn(
-        self, name: str, run: Callable[[], Awaitable[None]], *, on_failure: Policy
-    ) -> asyncio.Task[None]:
-        """Start ``run()`` as task ``name``; ``run`` is called again for each restart."""
+        self, name: str, run: Callable[[], Awaitable[T]], *, on_failure: Policy
+    ) -> asyncio.Task[T | None]:
+        """Start ``run()`` as task ``name``; ``run`` is called again for each restart.
+
+        The task's result is what ``run()`` returned, None when it failed and ended."""
         return self._group.create_task(self._supervise(name, run, on_failure), name=name)
 
     async def _supervise(
-        self, name: str, run: Callable[[], Awaitable[None]], on_failure: Policy
-    ) -> None:
+        self, name: str, run: Callable[[], Awaitable[T]], on_failure: Policy
+    ) -> T | None:
         loop = asyncio.get_running_loop()
         delay = self._first
         while True:
             began = loop.time()
             try:
-                await run()
-                return
+                return await run()
             except Exception as exc:  # CancelledError is not an Exception: it ends the task
                 record_crash(self._metrics, name, exc)
             if on_failure == "end":
-                return
+                return None
             if on_failure == "stop":
                 self.fatal = name
                 log.error("stopping the process: a task it cannot run without failed", task=name)
                 self._stop.set()
-                return
+                return None
             if loop.time() - began >= self._most:
                 delay = self._first  # it ran a good while: not a failure in a row
             log.warning("task restarting", task=name, seconds=delay)
             await sleep_until(loop.time() + delay, self._stop)
             if self._stop.is_set():
-                return
+                return None
             delay = min(delay * 2, self._most)
 
 

@@ -33,13 +33,20 @@ from watcher.gitops.mirror import GitMirror
 from watcher.gitops.values import DEFAULT_READING, Reading
 from watcher.gitops.writer import BranchWriter, WriteOutcome
 from watcher.metrics import Metrics
-from watcher.tuning import ABORT_REAP, BATCH_DELAY, STOP_GRACE, WRITER_THREADS
+from watcher.tuning import (
+    ABORT_REAP,
+    BATCH_DELAY,
+    EVENT_BATCH_DELAY,
+    STOP_GRACE,
+    WRITER_THREADS,
+)
 
 log = structlog.get_logger()
 
-# An update on its way to a writer: the update, its shard, and the shard's
-# fence when the update was decided (None: the shard was not held then).
-Queued = tuple[Update, int, int | None]
+# An update on its way to a writer: the update, its shard, the shard's fence
+# when the update was decided (None: the shard was not held then), and how long
+# its batch may wait for more after it arrives.
+Queued = tuple[Update, int, int | None, float]
 
 
 class WriteBack:
@@ -74,6 +81,12 @@ class WriteBack:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         # The write (commit and push, in a thread) each branch has in flight.
         self._flights: dict[str, asyncio.Future[WriteOutcome]] = {}
+        # Who waits for each queued block's update to land (registry events, to ack
+        # their message): True once a commit with it is pushed, False when it was
+        # dropped or no longer needed; still pending after a failed push.
+        # Kept in queue order with their update: a write settles the futures up to its
+        # own update for the block, never one queued after it (a newer value).
+        self._landings: dict[BlockId, list[tuple[Update, asyncio.Future[bool]]]] = defaultdict(list)
         # Values our commits wrote since the last discovery, with the commit each
         # went on top of: block -> (edit, parent commit).
         self._written: dict[BlockId, tuple[Edit, str]] = {}
@@ -130,6 +143,7 @@ class WriteBack:
             report_error(self.metrics, exc, "write-back failed", branch=branch)
             return None
         self._account(branch, outcome)
+        self._settle(branch, batch, outcome)
         if self._on_written is not None:
             self._on_written(outcome)
         if outcome.result == "committed" and outcome.parent is not None:
@@ -179,6 +193,27 @@ class WriteBack:
                 reason=outcome.message,
             )
 
+    def _settle(self, branch: str, batch: Sequence[Update], outcome: WriteOutcome) -> None:
+        """Tell whoever waits on the batch's blocks: pushed, or not needed (dropped)."""
+        if not self._landings:
+            return
+        applied = {update.block for update in outcome.applied}
+        for update in batch:
+            if update.block not in self.pending[branch]:
+                self._land(update, update.block in applied)
+
+    def _land(self, update: Update, landed: bool) -> None:
+        waiting = self._landings.get(update.block)
+        if not waiting:
+            return
+        last = max((i for i, (queued, _) in enumerate(waiting) if queued == update), default=-1)
+        for _, future in waiting[: last + 1]:
+            if not future.done():
+                future.set_result(landed)
+        del waiting[: last + 1]
+        if not waiting:
+            del self._landings[update.block]
+
     def _branch_writer(self, branch: str) -> BranchWriter:
         writer = self._writers.get(branch)
         if writer is None:
@@ -220,11 +255,21 @@ class WriteBack:
         self._supervisor = supervisor
         self._stop = stop
 
-    def queue(self, update: Update, shard: int, fence: int | None) -> None:
+    def queue(
+        self, update: Update, shard: int, fence: int | None, *, urgent: bool = False
+    ) -> asyncio.Future[bool]:
+        """Queue ``update`` for its branch's writer; the future says when it is settled:
+        True once a commit carrying it is pushed, False when it was dropped (a person's
+        edit won, its shard changed hands) or found already written. Cancelled when the
+        process stops before then. ``urgent`` (a registry event's update): its batch
+        waits at most ``EVENT_BATCH_DELAY`` for more, not the interval's batch delay."""
+        landing: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         if self._stopping():
             # No new write starts once stopping (and no new writer, which
             # nothing would end); the next run decides again.
-            return
+            landing.cancel()
+            return landing
+        self._landings[update.block].append((update, landing))
         branch = update.block.branch
         queue = self._queues.get(branch)
         if queue is None:
@@ -237,7 +282,9 @@ class WriteBack:
             self._tasks[branch] = self._supervisor.spawn(
                 f"writer {branch}", partial(self._writer, branch), on_failure="restart"
             )
-        queue.put_nowait((update, shard, fence))
+        delay = min(self._batch_delay, EVENT_BATCH_DELAY) if urgent else self._batch_delay
+        queue.put_nowait((update, shard, fence, delay))
+        return landing
 
     async def _writer(self, branch: str) -> None:
         """Batch what arrives for one branch into one commit; retry what a push left pending."""
@@ -269,26 +316,32 @@ class WriteBack:
             return []
         loop = asyncio.get_running_loop()
         items = [first]
-        deadline = loop.time() + self._batch_delay
+        began = loop.time()
+        # The most urgent item decides how long the batch waits for more.
+        deadline = began + first[3]
         while (left := deadline - loop.time()) > 0:
             try:
-                items.append(await asyncio.wait_for(queue.get(), left))
+                item = await asyncio.wait_for(queue.get(), left)
             except TimeoutError:
                 break
+            items.append(item)
+            deadline = min(deadline, began + item[3])
         return items
 
     def _admit(self, branch: str, items: list[Queued]) -> list[Update]:
         """Add ``items`` to the branch's pending updates; the batch to write now."""
         pending, fences = self.pending[branch], self._fences[branch]
-        for update, shard, fence in items:
+        for update, shard, fence, _ in items:
             pending[update.block] = update
             fences[update.block] = (shard, fence)
         # A shard lost since the update was decided: its new owner decides
         # again, with fresher facts; writing ours could undo theirs.
         for block, (shard, fence) in list(fences.items()):
             if self._fence_of(shard) != fence:
-                pending.pop(block, None)
+                dropped = pending.pop(block, None)
                 del fences[block]
+                if dropped is not None:
+                    self._land(dropped, False)
         return list(pending.values())
 
     async def stop(self) -> None:
@@ -315,4 +368,8 @@ class WriteBack:
         self.mirror.abort()
         for task in self._tasks.values():
             task.cancel()
+        for waiting in self._landings.values():
+            for _, future in waiting:
+                future.cancel()
+        self._landings.clear()
         self._threads.shutdown(wait=False)

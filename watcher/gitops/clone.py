@@ -50,6 +50,10 @@ SETTINGS = {
     "gc.autoDetach": "false",
     "maintenance.autoDetach": "false",
     "fetch.writeCommitGraph": "false",
+    # Every write adds a small pack. At 50 of them git's auto gc would repack the
+    # whole clone inside a fetch, under the lock, for seconds while every writer
+    # waits; GitMirror.fetch merges the small packs instead (a geometric repack).
+    "gc.autoPackLimit": "0",
 }
 
 

@@ -13,6 +13,7 @@ a miss, and is logged at most once a minute.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import structlog
@@ -39,11 +40,22 @@ class SharedCache:
         if self._error_log.due():
             log.warning("shared cache unavailable; asking the registry", reason=str(exc))
 
-    async def get(self, key: str) -> Any:
+    async def get(self, key: str, *, since: float | None = None) -> Any:
+        """The cached answer, or None; with ``since`` (Unix time), None as well when it
+        was written before then (its age is the ttl it was set with less what is left)."""
         if self._client is None:
             return None
         try:
-            raw = await self._client.get(PREFIX + key)
+            if since is None:
+                raw = await self._client.get(PREFIX + key)
+            else:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    pipe.get(PREFIX + key)
+                    pipe.pttl(PREFIX + key)
+                    raw, left = await pipe.execute()
+                written = time.time() - (self.ttl_ms - max(0, int(left))) / 1000
+                if raw is not None and written < since:
+                    return None
         except (RedisError, OSError) as exc:
             self._failed(exc)
             return None

@@ -59,10 +59,16 @@ class Coalescer:
         finally:
             del self._inflight[key]
 
-    async def shared(self, key: Key, fetch: Callable[[], Awaitable[T]]) -> T:
-        """A look-up answered from the replicas' shared cache when fresh there, else sent once."""
+    async def shared(
+        self, key: Key, fetch: Callable[[], Awaitable[T]], *, since: float | None = None
+    ) -> T:
+        """A look-up answered from the replicas' shared cache when fresh there, else sent once.
+
+        ``since`` (Unix time): a cached answer written before then is not used (a registry
+        event published then says the image changed after it).
+        """
         name = "/".join(key)
-        cached = await self._cache.get(name)
+        cached = await self._cache.get(name, since=since)
         if cached is not None:
             self._metrics.lookups.labels("cached").inc()
             return cast(T, cached)

@@ -23,6 +23,7 @@ from watcher.config import Config, Limit, RegistryConfig
 from watcher.errors import (
     CredentialsError,
     ExtensionError,
+    ImageNotFound,
     LookupFailed,
     NotFound,
     RegistryError,
@@ -153,13 +154,14 @@ class Lookups:
     # --- the look-up ---------------------------------------------------------------
 
     async def facts(
-        self, image: ImageName, blocks: Sequence[FoundBlock]
+        self, image: ImageName, blocks: Sequence[FoundBlock], fresh_since: float | None = None
     ) -> tuple[ImageFacts, list[str]]:
         """Everything the blocks following ``image`` need to decide, in the fewest requests.
 
         Returns the facts and the reasons for anything left out (a tag not
         found, an entry that is not an image). Raises LookupFailed when the
-        image as a whole cannot be looked up this cycle.
+        image as a whole cannot be looked up this cycle. ``fresh_since`` (Unix time): no
+        shared-cache answer written before then is used (a registry event's check).
         """
         try:
             client, registry = self.client(image)
@@ -172,13 +174,13 @@ class Lookups:
             return ImageFacts(), notes
         try:
             result = await self._requests.introduce(
-                client.host, lambda: self._send(image, needs, plan)
+                client.host, lambda: self._send(image, needs, plan, fresh_since)
             )
         except Throttled as exc:
             await self._throttled(registry, exc)
             raise LookupFailed("throttled by the registry (429); budget paused") from None
         except NotFound as exc:
-            raise LookupFailed(f"not found: {exc}") from None
+            raise ImageNotFound(f"not found: {exc}") from None
         except RegistryError as exc:
             raise LookupFailed(str(exc)) from None
         except CredentialsError as exc:
@@ -192,11 +194,19 @@ class Lookups:
         facts, notes = result
         return facts, notes
 
-    async def _send(self, image: ImageName, needs: list[planner.Need], plan: planner.Plan) -> Any:
+    async def _send(
+        self,
+        image: ImageName,
+        needs: list[planner.Need],
+        plan: planner.Plan,
+        fresh_since: float | None = None,
+    ) -> Any:
         """The requests of a plan: Google's pages, or (v2) the facts and notes."""
         client, registry = self.client(image)
         if registry.api == "google":
             return await self._requests.shared(
-                (client.host, str(image), "tags/list"), lambda: client.tag_pages(image)
+                (client.host, str(image), "tags/list"),
+                lambda: client.tag_pages(image),
+                since=fresh_since,
             )
-        return await self._v2.facts(client, image, needs, plan)
+        return await self._v2.facts(client, image, needs, plan, fresh_since)

@@ -44,9 +44,13 @@ class V2Facts:
         image: ImageName,
         needs: Sequence[planner.Need],
         plan: planner.Plan,
+        fresh_since: float | None = None,
     ) -> tuple[ImageFacts, list[str]]:
-        """The facts ``plan`` asks for, and the notes on what was left out."""
-        look = _Lookup(self, client, image)
+        """The facts ``plan`` asks for, and the notes on what was left out.
+
+        ``fresh_since``: shared-cache answers written before this Unix time are not used.
+        """
+        look = _Lookup(self, client, image, fresh_since)
         try:
             facts = await look.run(needs, plan)
         except BaseExceptionGroup as group:
@@ -57,8 +61,15 @@ class V2Facts:
 class _Lookup:
     """One image's v2 look-up: what it has learnt so far and what it left out."""
 
-    def __init__(self, owner: V2Facts, client: RegistryClient, image: ImageName) -> None:
+    def __init__(
+        self,
+        owner: V2Facts,
+        client: RegistryClient,
+        image: ImageName,
+        fresh_since: float | None = None,
+    ) -> None:
         self._owner = owner
+        self._since = fresh_since
         self._requests = owner.requests
         self._client = client
         self._image = image
@@ -107,14 +118,14 @@ class _Lookup:
     async def _listing(self) -> None:
         client, image = self._client, self._image
         self.listed = await self._requests.shared(
-            self._key("tags/list"), lambda: client.tags(image)
+            self._key("tags/list"), lambda: client.tags(image), since=self._since
         )
 
     async def _head(self, tag: str) -> None:
         client, image = self._client, self._image
         try:
             self.digests[tag] = await self._requests.shared(
-                self._key(f"tag:{tag}"), lambda: client.digest(image, tag)
+                self._key(f"tag:{tag}"), lambda: client.digest(image, tag), since=self._since
             )
         except (NotFound, BadResponse) as exc:
             self.notes.append(f"tag {tag}: {exc}")
