@@ -120,6 +120,24 @@ async def daemon(config: Path, log: Path) -> AsyncIterator[Path]:
     assert code == 0, _tail(log)
 
 
+async def stop_all(procs: Sequence[subprocess.Popen[bytes]]) -> list[int | None]:
+    """SIGTERM to every daemon still running, then each given 10 s to exit (killed
+    after that: None); their exit codes. Waits off the event loop, which keeps serving
+    the emulators meanwhile."""
+    running = [proc for proc in procs if proc.poll() is None]
+    for proc in running:
+        proc.send_signal(signal.SIGTERM)
+    codes: list[int | None] = []
+    for proc in running:
+        try:
+            codes.append(await asyncio.to_thread(proc.wait, 10))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            await asyncio.to_thread(proc.wait)
+            codes.append(None)
+    return codes
+
+
 def _tail(log: Path) -> str:
     return log.read_text()[-3000:]
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli_support import stop_all
 from tests.conftest import GitRemote, PubSubEmulator, RedisServer, free_port, git, make_remote
 from tests.soak import shasums
 from watcher_testing.emulator import EmulatorSettings, GoogleRegistryEmulator
@@ -96,21 +97,6 @@ def logged(workdir: Path, event: str) -> int:
     log = workdir / "log.jsonl"
     text = log.read_text(errors="replace") if log.exists() else ""
     return text.count(f'"event": "{event}"')
-
-
-async def stop_all(procs: list[subprocess.Popen[bytes]]) -> list[int | None]:
-    running = [proc for proc in procs if proc.poll() is None]
-    for proc in running:
-        proc.send_signal(signal.SIGTERM)
-    codes: list[int | None] = []
-    for proc in running:
-        try:
-            codes.append(await asyncio.to_thread(proc.wait, 10))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            await asyncio.to_thread(proc.wait)
-            codes.append(None)
-    return codes
 
 
 async def ready(workdirs: list[Path]) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.cli_support import stop_all
 from tests.conftest import GitRemote, RedisServer, free_port, make_remote
 from tests.soak import shasums
 from watcher.config import load
@@ -115,18 +116,8 @@ async def replicas(
             procs.append(spawn(tmp_path / f"replica{n}", with_port(config)))
         yield procs
     finally:
-        running = [proc for proc in procs if proc.poll() is None]
-        for proc in running:
-            proc.send_signal(signal.SIGTERM)
-        codes = []
-        for proc in running:
-            try:
-                codes.append(await asyncio.to_thread(proc.wait, 10))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                await asyncio.to_thread(proc.wait)
-                codes.append(None)
-    assert codes == [0] * len(running), f"replicas did not stop cleanly: {codes}"
+        codes = await stop_all(procs)
+    assert codes == [0] * len(codes), f"replicas did not stop cleanly: {codes}"
 
 
 async def scrape_metrics(proc: subprocess.Popen[bytes]) -> str:
